@@ -1,0 +1,3 @@
+from lip_jax.cli import main
+
+main()

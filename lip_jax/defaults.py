@@ -1,0 +1,22 @@
+"""Constants and initialisers of the official release, shared by Linen and NNX layers."""
+
+import jax
+
+GATE_COEFF = 12.0
+"""SoftGate amplitude: logits lie in (0, 12)."""
+
+LOGIT_WIDTH = 128
+"""Width of the Bottleneck-128 logit trunk."""
+
+NORM_EPS = 1e-5
+"""InstanceNorm and BatchNorm epsilon (PyTorch's; Flax defaults to 1e-6)."""
+
+conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+"""PyTorch `kaiming_normal_(mode='fan_out', nonlinearity='relu')`, untruncated."""
+
+zeros_init = jax.nn.initializers.zeros
+"""Final logit convs start at zero: constant logits, so LIP starts as average pooling."""
+
+
+def logit_conv_init(zero_init: bool):
+    return zeros_init if zero_init else conv_init

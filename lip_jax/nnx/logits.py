@@ -1,0 +1,80 @@
+"""Logit modules of LIP (NNX), with the variable tree of `lip_jax.linen.logits`.
+
+All map `(N, *spatial, in_features)` to logits `(N, *spatial, features)` in (0, 12),
+float32. `spatial_ndim` (default 2) sets the conv kernels' rank.
+"""
+
+import functools
+
+import jax.numpy as jnp
+from flax import nnx
+
+from lip_jax.defaults import GATE_COEFF, LOGIT_WIDTH, NORM_EPS, conv_init, logit_conv_init
+from lip_jax.ops import soft_gate
+
+
+def _conv(in_features, features, kernel_size, ndim, kernel_init, dtype, param_dtype, rngs):
+    k = kernel_size
+    return nnx.Conv(in_features, features, (k,) * ndim, padding=[(k // 2, k // 2)] * ndim,
+                    use_bias=False, kernel_init=kernel_init, dtype=dtype,
+                    param_dtype=param_dtype, rngs=rngs)
+
+
+def InstanceNorm(num_features, *, dtype=None, param_dtype=jnp.float32, rngs):
+    """The official InstanceNorm: affine, eps 1e-5, biased variance, no running statistics."""
+    return nnx.InstanceNorm(num_features, epsilon=NORM_EPS, use_fast_variance=False,
+                            dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class LogitHead(nnx.Module):
+    """conv (k x k, bias-free) -> InstanceNorm -> SoftGate; ends every logit module."""
+
+    def __init__(self, in_features: int, features: int | None = None, *, kernel_size: int = 1,
+                 zero_init: bool = True, spatial_ndim: int = 2, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        features = features or in_features
+        self.conv = _conv(in_features, features, kernel_size, spatial_ndim,
+                          logit_conv_init(zero_init), dtype, param_dtype, rngs)
+        self.norm = InstanceNorm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x):
+        return soft_gate(self.norm(self.conv(x)), GATE_COEFF)
+
+
+ProjectionLogit = functools.partial(LogitHead, kernel_size=1)
+"""The paper's projection module: 1x1 conv -> IN -> SoftGate."""
+
+SimplifiedLogit = functools.partial(LogitHead, kernel_size=3)
+"""The official stem module (`SimplifiedLIP`): 3x3 conv -> IN -> SoftGate."""
+
+
+class BottleneckTrunk(nnx.Module):
+    """1x1 conv -> IN -> ReLU -> 3x3 conv -> IN -> ReLU, `width` channels."""
+
+    def __init__(self, in_features: int, width: int = LOGIT_WIDTH, *, spatial_ndim: int = 2,
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        args = dict(ndim=spatial_ndim, kernel_init=conv_init, dtype=dtype,
+                    param_dtype=param_dtype, rngs=rngs)
+        norm = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv1 = _conv(in_features, width, 1, **args)
+        self.norm1 = InstanceNorm(width, **norm)
+        self.conv2 = _conv(width, width, 3, **args)
+        self.norm2 = InstanceNorm(width, **norm)
+
+    def __call__(self, x):
+        x = nnx.relu(self.norm1(self.conv1(x)))
+        return nnx.relu(self.norm2(self.conv2(x)))
+
+
+class BottleneckLogit(nnx.Module):
+    """The paper's Bottleneck-`width` logit module: `BottleneckTrunk` then a 1x1 `LogitHead`."""
+
+    def __init__(self, in_features: int, features: int | None = None, *,
+                 width: int = LOGIT_WIDTH, zero_init: bool = True, spatial_ndim: int = 2,
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(spatial_ndim=spatial_ndim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.trunk = BottleneckTrunk(in_features, width, **kw)
+        self.head = LogitHead(width, features or in_features, zero_init=zero_init, **kw)
+
+    def __call__(self, x):
+        return self.head(self.trunk(x))

@@ -1,0 +1,293 @@
+"""Pooling as Local Aggregation and Normalisation (LAN), and LIP.
+
+Every pooling here is a weighted mean over each window:
+
+    out[p] = sum_{q in window(p)} w[q] * x[q]  /  sum_{q in window(p)} w[q]
+
+computed as two `lax.reduce_window` sums. Padded positions have weight 0, so the
+mean runs over the in-image pixels of a window only. Average pooling is w = 1,
+SoftPool w = exp(x), max pooling the limit w = exp(beta * x), beta -> inf, strided
+subsampling a one-hot w at the window origins, and LIP w = exp(logits) with logits
+from a learned network ending in `soft_gate`.
+
+Layout is channels-last as in `flax.linen.pool`: inputs `(*batch, *spatial, features)`
+with `len(window_shape)` spatial dims and any number of leading batch dims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Padding = str | Sequence[tuple[int, int]]
+
+
+class Window(NamedTuple):
+    """Full-rank window geometry (batch and feature dims have window 1, stride 1)."""
+
+    dims: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[tuple[int, int], ...]
+
+
+def _int_tuple(name: str, value, n: int) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}") from None
+    if len(out) != n or any(v < 1 for v in out):
+        raise ValueError(f"{name} must be {n} positive ints, got {value!r}")
+    return out
+
+
+def _spatial_pads(spatial_shape, window_shape, strides, padding) -> tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        if padding not in ("VALID", "SAME"):
+            raise ValueError(f'padding must be "VALID", "SAME" or (low, high) pairs, got {padding!r}')
+        return tuple(lax.padtype_to_pads(spatial_shape, window_shape, strides, padding))
+    try:
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    except (TypeError, ValueError):
+        raise ValueError(f"padding must be (low, high) int pairs, got {padding!r}") from None
+    if len(pads) != len(window_shape) or any(lo < 0 or hi < 0 for lo, hi in pads):
+        raise ValueError(
+            f"padding needs {len(window_shape)} non-negative (low, high) pairs, got {padding!r}")
+    return pads
+
+
+def pool_window(input_shape, window_shape, strides=None, padding: Padding = "VALID",
+                feature_ndim: int = 1) -> Window:
+    """Validates a pooling geometry and returns it over all `len(input_shape)` dims.
+
+    The spatial dims are the `len(window_shape)` dims before the last `feature_ndim`.
+    Raises ValueError for a window larger than the padded input, or padding so wide that
+    a window would hold padding only (its weights would sum to zero).
+    """
+    if not isinstance(window_shape, Sequence):
+        raise TypeError(f"window_shape must be a sequence of ints, got {window_shape!r}")
+    n = len(window_shape)
+    if len(input_shape) < n + feature_ndim:
+        raise ValueError(
+            f"inputs of shape {tuple(input_shape)} have rank {len(input_shape)}; a {n}-D window "
+            f"needs rank >= {n + 1}: (*batch, {n} spatial dims, features)")
+    window_shape = _int_tuple("window_shape", window_shape, n)
+    strides = (1,) * n if strides is None else _int_tuple("strides", strides, n)
+    lead = len(input_shape) - n - feature_ndim
+    spatial = tuple(input_shape[lead:lead + n])
+    pads = _spatial_pads(spatial, window_shape, strides, padding)
+    for axis, (size, k, s, (lo, hi)) in enumerate(zip(spatial, window_shape, strides, pads)):
+        if size + lo + hi < k:
+            raise ValueError(
+                f"window {k} is larger than spatial dim {axis} of size {size} padded by "
+                f"({lo}, {hi}); input shape {tuple(input_shape)}")
+        last_start = (size + lo + hi - k) // s * s - lo
+        if lo >= k or last_start >= size:
+            raise ValueError(
+                f"padding ({lo}, {hi}) on spatial dim {axis} (size {size}, window {k}, "
+                f"stride {s}) leaves windows that hold padding only")
+    one = (1,) * lead, (1,) * feature_ndim
+    return Window(
+        dims=one[0] + window_shape + one[1],
+        strides=one[0] + strides + one[1],
+        pads=((0, 0),) * lead + pads + ((0, 0),) * feature_ndim,
+    )
+
+
+def window_sum(x: jax.Array, window: Window) -> jax.Array:
+    """Sum of `x` over each window: zero padding, reducer `lax.add`, concrete 0 init."""
+    return lax.reduce_window(x, np.zeros((), x.dtype), lax.add, window.dims, window.strides,
+                             window.pads)
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+    """float64 stays float64; every narrower float accumulates in float32."""
+    return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
+
+
+def _check_float(name: str, x) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    return x
+
+
+def _align(inputs, weights, name: str) -> tuple[jax.Array, jax.Array, int]:
+    """Checks dtypes and broadcasting; splits features into groups for grouped weights.
+
+    Returns (inputs, weights, feature_ndim). Weights of shape (..., G) with G dividing the
+    C features of the inputs (1 < G < C) are grouped: each run of C // G consecutive
+    features shares one weight; inputs become (..., G, C // G) and weights (..., G, 1).
+    """
+    inputs = _check_float("inputs", inputs)
+    weights = _check_float(name, weights)
+    c = inputs.shape[-1] if inputs.ndim else 1
+    g = weights.shape[-1] if weights.ndim else 1
+    if weights.ndim and 1 < g < c and c % g == 0:
+        inputs = inputs.reshape(*inputs.shape[:-1], g, c // g)
+        weights = weights[..., None]
+        feature_ndim = 2
+    else:
+        feature_ndim = 1
+    try:
+        shape = jnp.broadcast_shapes(weights.shape, inputs.shape)
+    except ValueError:
+        shape = None
+    if shape != inputs.shape:
+        raise ValueError(
+            f"{name} of shape {weights.shape} do not broadcast to inputs of shape "
+            f"{inputs.shape} (per feature, shared, or grouped over features)")
+    return inputs, weights, feature_ndim
+
+
+def _sum_to_shape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Reverses broadcasting: sums `x` down to `shape`."""
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+    return jnp.sum(x, axis=axes).reshape(shape) if axes else x
+
+
+def lan_pool(inputs, weights, window_shape, strides=None, padding: Padding = "VALID"):
+    """Weighted mean of `inputs` over each window, `sum(w * x) / sum(w)`.
+
+    Args:
+      inputs: `(*batch, *spatial, features)` floats.
+      weights: non-negative, broadcastable to `inputs` (or grouped, see `lip_pool`).
+        Every window needs a positive weight sum, else its output is NaN.
+      window_shape: one int per spatial dim.
+      strides: one int per spatial dim; default 1.
+      padding: "VALID", "SAME" or `(low, high)` per spatial dim; padding has weight 0.
+    Returns:
+      `(*batch, *pooled_spatial, features)` in the dtype of `inputs`, summed in float32
+      (float64 for float64 inputs). Differentiated by autodiff.
+    """
+    x, w, feature_ndim = _align(inputs, weights, "weights")
+    window = pool_window(x.shape, window_shape, strides, padding, feature_ndim)
+    ct = _compute_dtype(x.dtype)
+    x, w = x.astype(ct), jnp.broadcast_to(w.astype(ct), x.shape)
+    out = window_sum(w * x, window) / window_sum(w, window)
+    return out.reshape(*out.shape[:out.ndim - feature_ndim], -1).astype(inputs.dtype)
+
+
+def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VALID"):
+    """Local importance pooling: `lan_pool(inputs, exp(logits), ...)` with an exact VJP.
+
+    The official `lip2d(x, l, k, s, p)` (NCHW) equals
+    `lip_pool(x, l, (k, k), (s, s), ((p, p), (p, p)))` (NHWC).
+
+    Args:
+      inputs: `(*batch, *spatial, features)` floats.
+      logits: broadcastable to `inputs`: per feature `(..., C)`, shared `(..., 1)`, or
+        grouped `(..., G)` with `G` dividing `C` (features `g*C/G .. (g+1)*C/G - 1`
+        share logit `g`).
+      window_shape, strides, padding: as in `lan_pool`.
+    Returns:
+      `(*batch, *pooled_spatial, features)` in the dtype of `inputs`.
+
+    Numerics: logits are shifted by their maximum over the spatial dims of each image and
+    feature before `exp` (the result is unchanged), and sums run in float32 (float64 for
+    float64 inputs), so bf16/fp16 inputs and any logit magnitude never overflow. A window
+    whose logits all lie more than ~87 (float32) below that maximum underflows to 0/0.
+    """
+    x, l, feature_ndim = _align(inputs, logits, "logits")
+    window = pool_window(x.shape, window_shape, strides, padding, feature_ndim)
+    out = _lip(x, l, window)
+    return out.reshape(*out.shape[:out.ndim - feature_ndim], -1)
+
+
+def _spatial_axes(window: Window) -> tuple[int, ...]:
+    return tuple(i for i, (k, s, p) in enumerate(zip(window.dims, window.strides, window.pads))
+                 if (k, s, p) != (1, 1, (0, 0)))
+
+
+def _weights(x, l, window: Window, shift=None):
+    """exp(l - shift) broadcast to x, in the compute dtype; shift = spatial max of l."""
+    ct = _compute_dtype(x.dtype)
+    l = jnp.broadcast_to(l, x.shape).astype(ct)
+    if shift is None:
+        shift = lax.stop_gradient(jnp.max(l, axis=_spatial_axes(window), keepdims=True))
+    return jnp.exp(l - shift), shift
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _lip(x, l, window: Window):
+    return _lip_fwd(x, l, window)[0]
+
+
+def _lip_fwd(x, l, window: Window):
+    w, shift = _weights(x, l, window)
+    total = window_sum(w, window)
+    y = window_sum(w * x.astype(w.dtype), window) / total
+    return y.astype(x.dtype), (x, l, shift, total, y)
+
+
+def _lip_bwd(window: Window, residuals, g):
+    """dx = w T(g/S);  dl = w (x T(g/S) - T(g y/S)), T the transpose of window_sum."""
+    x, l, shift, total, y = residuals
+    w, _ = _weights(x, l, window, shift)
+    transpose = jax.linear_transpose(lambda t: window_sum(t, window),
+                                     jax.ShapeDtypeStruct(x.shape, w.dtype))
+    u = g.astype(w.dtype) / total
+    (tu,), (tuy,) = transpose(u), transpose(u * y)
+    dx = w * tu
+    dl = w * (x.astype(w.dtype) * tu - tuy)
+    return dx.astype(x.dtype), _sum_to_shape(dl, l.shape).astype(l.dtype)
+
+
+_lip.defvjp(_lip_fwd, _lip_bwd)
+
+
+def soft_gate(z, coeff: float = 12.0):
+    """The official amplified sigmoid, `coeff * sigmoid(z)`: logits in (0, coeff).
+
+    Computed and returned in float32 or wider: the logits feed `exp`, and bf16 would
+    round `12 * sigmoid` by up to 0.03, i.e. the weights by 3%.
+    """
+    z = jnp.asarray(z)
+    return coeff * jax.nn.sigmoid(z.astype(jnp.promote_types(z.dtype, jnp.float32)))
+
+
+def average_pool(inputs, window_shape, strides=None, padding: Padding = "VALID"):
+    """Average pooling over the in-image pixels of each window (LAN with w = 1)."""
+    return lip_pool(inputs, jnp.zeros((), inputs.dtype), window_shape, strides, padding)
+
+
+def soft_pool(inputs, window_shape, strides=None, padding: Padding = "VALID"):
+    """SoftPool (Stergiou et al. 2021): LIP with logits = inputs."""
+    return lip_pool(inputs, inputs, window_shape, strides, padding)
+
+
+def tempered_max_pool(inputs, window_shape, strides=None, padding: Padding = "VALID",
+                      beta: float = 20.0):
+    """LIP with logits `beta * inputs`; tends to max pooling as beta -> inf.
+
+    Its output never exceeds the window max and is non-decreasing in beta; a window of
+    K values lies within (K - 1) / (e * beta) of its max. Keep `beta * (max - min)` of
+    each image's feature map below ~80 in float32 (see `lip_pool`'s numerics).
+    """
+    return lip_pool(inputs, beta * inputs, window_shape, strides, padding)
+
+
+def periodic_weights(pattern, spatial_shape, offset=None) -> jax.Array:
+    """A fixed positional prior: `w[q] = pattern[(q + offset) mod pattern.shape]`.
+
+    Args:
+      pattern: array with one dim per spatial dim, e.g. the stride's shape.
+      spatial_shape: the unpadded spatial shape of the inputs.
+      offset: low padding per dim (default 0), so that phase 0 is each window origin.
+    Returns:
+      `(*spatial_shape, 1)`, broadcastable to inputs as LAN weights. A one-hot pattern at
+      phase 0 with `pattern.shape == strides >= window_shape` is strided subsampling.
+    """
+    pattern = jnp.asarray(pattern)
+    offset = (0,) * pattern.ndim if offset is None else tuple(offset)
+    index = jnp.meshgrid(*[(jnp.arange(n) + o) % p
+                           for n, o, p in zip(spatial_shape, offset, pattern.shape)],
+                         indexing="ij")
+    return pattern[tuple(index)][..., None]

@@ -1,0 +1,31 @@
+"""The command line and the benchmark scripts run end to end (tiny sizes, no timings checked)."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+from lip_jax import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_reports_special_cases(capsys):
+    cli.main(["demo"])
+    lines = capsys.readouterr().out.splitlines()
+    errors = {line[:30].strip(): float(line.split()[-1]) for line in lines[2:]}
+    assert errors["lip_pool, logits 0"] < 1e-6
+    assert errors["LIP(ProjectionLogit) at init"] < 1e-6
+    assert errors["lip_pool, logits 40 x"] < errors["lip_pool, logits 4 x"]
+
+
+def test_bench_pooling_writes_json(tmp_path, monkeypatch):
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(sys, "argv", ["bench_pooling.py", "--shapes", "2,8,8,4", "--reps", "1",
+                                      "--out", str(out)])
+    runpy.run_path(str(ROOT / "experiments" / "bench_pooling.py"), run_name="__main__")
+    result = json.loads(out.read_text())
+    impls = {row["impl"] for row in result["rows"]}
+    assert {"lip_pool", "naive JAX", "flax avg_pool", "x * 1.5"} <= impls
+    assert all(row["forward_ms"] > 0 for row in result["rows"])
+    assert result["versions"]["jax"]

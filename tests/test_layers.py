@@ -1,0 +1,120 @@
+"""LIP layers: Linen and NNX agree, the bridges work, init and dtypes are as documented."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lip_jax import linen as L, nnx as N, ops
+
+C = 8
+X = jax.random.normal(jax.random.key(0), (2, 9, 8, C))
+
+# (Linen module, NNX module factory) pairs with the same variable tree.
+PAIRS = {
+    "projection": (lambda: L.LIP(L.ProjectionLogit(zero_init=False)),
+                   lambda rngs: N.LIP(N.ProjectionLogit(C, zero_init=False, rngs=rngs))),
+    "simplified": (lambda: L.LIP(L.SimplifiedLogit(zero_init=False)),
+                   lambda rngs: N.LIP(N.SimplifiedLogit(C, zero_init=False, rngs=rngs))),
+    "bottleneck": (lambda: L.LIP(L.BottleneckLogit(width=16, zero_init=False), (2, 2), (2, 2),
+                                 "VALID"),
+                   lambda rngs: N.LIP(N.BottleneckLogit(C, width=16, zero_init=False, rngs=rngs),
+                                      (2, 2), (2, 2), "VALID")),
+    "shared-logit": (lambda: L.LIP(L.ProjectionLogit(1, zero_init=False)),
+                     lambda rngs: N.LIP(N.ProjectionLogit(C, 1, zero_init=False, rngs=rngs))),
+}
+
+
+def _perturbed(variables, seed=1):
+    """Non-trivial values everywhere (zeros and ones would hide mix-ups)."""
+    leaves, tree = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(tree, [v + 0.3 * jax.random.normal(k, v.shape, v.dtype)
+                                     for v, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_linen_and_nnx_give_equal_outputs_from_equal_variables(name):
+    make_linen, make_nnx = PAIRS[name]
+    params = _perturbed(make_linen().init(jax.random.key(0), X)["params"])
+    graph, state = nnx.split(make_nnx(nnx.Rngs(0)))
+    assert jax.tree.map(jnp.shape, state.to_pure_dict()) == jax.tree.map(jnp.shape, params)
+    state.replace_by_pure_dict(params)
+    expected = make_linen().apply({"params": params}, X)
+    np.testing.assert_allclose(nnx.merge(graph, state)(X), expected, rtol=1e-6, atol=1e-6)
+    assert expected.shape[1:3] == ((5, 4) if name != "bottleneck" else (4, 4))
+
+
+def test_zero_initialised_logits_start_as_average_pooling():
+    average = ops.average_pool(X, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    for module in (L.LIP(L.ProjectionLogit()), L.LIP(L.SimplifiedLogit()),
+                   L.LIP(L.BottleneckLogit(width=16))):
+        variables = module.init(jax.random.key(0), X)
+        np.testing.assert_allclose(module.apply(variables, X), average, rtol=1e-5, atol=1e-6)
+    module = L.LIP(L.ProjectionLogit(zero_init=False))
+    assert not np.allclose(module.apply(module.init(jax.random.key(0), X), X), average,
+                           atol=1e-3)
+
+
+def test_logit_modules_learn():
+    module = L.LIP(L.BottleneckLogit(width=16))
+    params = module.init(jax.random.key(0), X)["params"]
+    grads = jax.grad(lambda p: jnp.sum(module.apply({"params": p}, X) ** 3))(params)
+    head = grads["logit"]["head"]["conv"]["kernel"]
+    assert bool(jnp.all(jnp.isfinite(head))) and float(jnp.abs(head).max()) > 0
+
+
+def test_linen_layer_inside_an_nnx_model():
+    linen_lip = L.LIP(L.ProjectionLogit(zero_init=False))
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.pool = nnx.bridge.ToNNX(linen_lip, rngs=rngs)
+            self.out = nnx.Linear(C, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(self.pool(x).mean((1, 2)))
+
+    net = nnx.bridge.lazy_init(Net(nnx.Rngs(0)), X)
+    params = nnx.state(net.pool, nnx.Param).to_pure_dict()
+    pooled = linen_lip.apply({"params": params}, X)
+    np.testing.assert_allclose(net(X), net.out(pooled.mean((1, 2))), rtol=1e-6, atol=1e-6)
+
+
+def test_nnx_layer_inside_a_linen_model():
+    def make(rngs):
+        return N.LIP(N.ProjectionLogit(C, zero_init=False, rngs=rngs))
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nnx.bridge.ToLinen(make, name="pool")(x).mean((1, 2)))
+
+    variables = Net().init(jax.random.key(0), X)
+    pool_params = jax.tree.map(lambda v: getattr(v, "value", v), variables["params"]["pool"],
+                               is_leaf=lambda v: hasattr(v, "value"))
+    graph, state = nnx.split(make(nnx.Rngs(1)))
+    state.replace_by_pure_dict(pool_params)
+    pooled = nnx.merge(graph, state)(X)
+    dense = variables["params"]["Dense_0"]
+    np.testing.assert_allclose(Net().apply(variables, X),
+                               pooled.mean((1, 2)) @ dense["kernel"] + dense["bias"], rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_compute_dtype(dtype):
+    module = L.LIP(L.BottleneckLogit(width=16, zero_init=False, dtype=dtype))
+    variables = module.init(jax.random.key(0), X)
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
+    out = module.apply(variables, X.astype(dtype))
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out.astype(jnp.float32), module.apply(variables, X), atol=0.1)
+
+
+def test_param_dtype():
+    module = N.LIP(N.BottleneckLogit(C, width=16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+    assert {v.dtype for v in jax.tree.leaves(nnx.state(module, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
+    assert module(X).dtype == jnp.float32

@@ -1,0 +1,188 @@
+"""lip_pool / lan_pool: reference values, gradients, dtypes, layouts and errors."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from lip_jax import ops
+from reference import lip_reference
+
+P1 = ((1, 1), (1, 1))
+
+
+def _randn(key, shape, dtype=jnp.float32):
+    return jax.random.normal(jax.random.key(key), shape, dtype)
+
+
+def naive_lip(x, logits, window_shape, strides, padding):
+    """The official formulation, differentiated by plain autodiff."""
+    window = ops.pool_window(x.shape, window_shape, strides, padding)
+    w = jnp.broadcast_to(jnp.exp(logits), x.shape)
+    return ops.window_sum(w * x, window) / ops.window_sum(w, window)
+
+
+@pytest.mark.parametrize("shape, window, strides, padding", [
+    ((2, 9, 3), (3,), (2,), "SAME"),                       # 1-D
+    ((9, 3), (2,), (2,), "VALID"),                         # 1-D, no batch dim
+    ((2, 7, 8, 3), (3, 3), (2, 2), P1),                    # 2-D, official k3/s2/p1
+    ((5, 6, 2), (2, 3), (1, 2), ((0, 1), (2, 1))),         # 2-D, no batch, uneven pads
+    ((2, 3, 7, 6, 2), (3, 3), (2, 3), "SAME"),             # two batch dims
+    ((1, 5, 6, 7, 2), (3, 2, 3), (2, 2, 2), ((1, 1), (0, 0), (1, 0))),  # 3-D
+])
+def test_matches_numpy_reference(shape, window, strides, padding):
+    x, logits = _randn(0, shape), 3 * _randn(1, shape)
+    out = ops.lip_pool(x, logits, window, strides, padding)
+    np.testing.assert_allclose(out, lip_reference(x, logits, window, strides, padding),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("logit_features", [1, 2, 6])
+def test_shared_and_grouped_logits(logit_features):
+    x, logits = _randn(0, (2, 7, 7, 6)), _randn(1, (2, 7, 7, logit_features))
+    expanded = jnp.repeat(logits, 6 // logit_features, axis=-1)
+    np.testing.assert_allclose(ops.lip_pool(x, logits, (3, 3), (2, 2), P1),
+                               lip_reference(x, expanded, (3, 3), (2, 2), P1), rtol=1e-5,
+                               atol=1e-6)
+    grad = jax.grad(lambda l: jnp.sum(ops.lip_pool(x, l, (3, 3), (2, 2), P1) ** 2))
+    np.testing.assert_allclose(
+        grad(logits),
+        jax.grad(lambda e: jnp.sum(naive_lip(x, e, (3, 3), (2, 2), P1) ** 2))(expanded)
+        .reshape(2, 7, 7, logit_features, -1).sum(-1), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("logit_shape", [(2, 7, 9, 4), (2, 7, 9, 1), (4,), (1, 7, 9, 4), ()])
+@pytest.mark.parametrize("window, strides, padding",
+                         [((3, 3), (2, 2), P1), ((2, 2), (2, 2), "VALID"), ((3, 2), None, "SAME")])
+def test_custom_vjp_equals_autodiff_of_naive_formula(logit_shape, window, strides, padding):
+    x, logits = _randn(0, (2, 7, 9, 4)), 2 * _randn(1, logit_shape)
+    cot = _randn(2, ops.lip_pool(x, logits, window, strides, padding).shape)
+
+    def loss(pool):
+        return lambda x, l: jnp.vdot(cot, pool(x, l, window, strides, padding))
+
+    ours = jax.grad(loss(ops.lip_pool), (0, 1))(x, logits)
+    naive = jax.grad(loss(naive_lip), (0, 1))(x, logits)
+    for a, b in zip(ours, naive):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_check_grads_second_order():
+    with jax.enable_x64(True):
+        x = _randn(0, (1, 5, 6, 2), jnp.float64)
+        logits = _randn(1, (1, 5, 6, 2), jnp.float64)
+        pool = lambda x, l: ops.lip_pool(x, l, (3, 3), (2, 2), P1)
+        jax.test_util.check_grads(pool, (x, logits), order=2, modes=["rev"], atol=1e-7,
+                                  rtol=1e-7)
+        assert pool(x, logits).dtype == jnp.float64
+
+
+class JitVariantsTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_and_eager_agree_with_the_reference(self):
+        x, logits = _randn(0, (2, 15, 15, 3)), 4 * _randn(1, (2, 15, 15, 3))
+
+        def loss(pool):
+            return lambda x, l: jnp.sum(jnp.sin(pool(x, l, (5, 5), (3, 3), "SAME")))
+
+        value, grads = self.variant(jax.value_and_grad(loss(ops.lip_pool), (0, 1)))(x, logits)
+        np.testing.assert_allclose(value, np.sum(np.sin(
+            lip_reference(x, logits, (5, 5), (3, 3), "SAME"))), rtol=1e-5)
+        chex.assert_trees_all_close(grads, jax.grad(loss(naive_lip), (0, 1))(x, logits),
+                                    rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_inputs_with_large_logits(dtype):
+    x = _randn(0, (2, 8, 8, 4))
+    logits = ops.soft_gate(4 * _randn(1, (2, 8, 8, 4)))  # in (0, 12): exp overflows fp16
+    assert float(logits.max()) > 11
+    expected = ops.lip_pool(x.astype(dtype).astype(jnp.float32), logits, (3, 3), (2, 2), P1)
+    out = ops.lip_pool(x.astype(dtype), logits.astype(dtype), (3, 3), (2, 2), P1)
+    assert out.dtype == dtype
+    assert bool(jnp.all(jnp.isfinite(out)))
+    tol = 0.05 if dtype == jnp.bfloat16 else 0.01  # logits rounded to dtype: w off by e^(eps*12)
+    np.testing.assert_allclose(out.astype(jnp.float32), expected, atol=tol, rtol=tol)
+    grads = jax.grad(lambda x, l: jnp.sum(ops.lip_pool(x, l, (3, 3), (2, 2), P1)
+                                          .astype(jnp.float32)), (0, 1))(
+        x.astype(dtype), logits.astype(dtype))
+    assert [g.dtype for g in grads] == [dtype, dtype]
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+
+
+def test_huge_logits_are_shift_invariant():
+    x, logits = _randn(0, (2, 8, 8, 3)), _randn(1, (2, 8, 8, 3))
+    base = ops.lip_pool(x, logits, (3, 3), (2, 2), P1)
+    for shift in (-300.0, 100.0, 1000.0):  # float32 rounds logits + 1000 by up to 3e-5
+        np.testing.assert_allclose(ops.lip_pool(x, logits + shift, (3, 3), (2, 2), P1), base,
+                                   rtol=2e-4, atol=2e-4)
+    grads = jax.grad(lambda l: jnp.sum(ops.lip_pool(x, l, (3, 3), (2, 2), P1)))(logits + 1e4)
+    assert bool(jnp.all(jnp.isfinite(grads)))
+
+
+def test_lan_pool_with_uniform_and_positional_weights():
+    x = _randn(0, (2, 9, 8, 3))
+    np.testing.assert_allclose(
+        ops.lan_pool(x, jnp.ones(()), (3, 3), (2, 2), P1),
+        jax.numpy.asarray(lip_reference(x, 0.0, (3, 3), (2, 2), P1)), rtol=1e-5, atol=1e-6)
+    one_hot = jnp.zeros((3, 2)).at[0, 0].set(1.0)
+    weights = ops.periodic_weights(one_hot, (9, 8))
+    np.testing.assert_array_equal(ops.lan_pool(x, weights, (3, 2), (3, 2)), x[:, ::3, ::2])
+    grad = jax.grad(lambda w: jnp.sum(ops.lan_pool(x, w, (3, 2), (3, 2))))(weights)
+    assert grad.shape == weights.shape
+
+
+def test_soft_gate_range_and_dtype():
+    z = jnp.linspace(-50, 50, 101, dtype=jnp.bfloat16)
+    gate = ops.soft_gate(z)
+    assert gate.dtype == jnp.float32
+    assert float(gate.min()) >= 0 and float(gate.max()) <= 12
+    np.testing.assert_allclose(ops.soft_gate(jnp.zeros(3)), 6.0)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: ops.lip_pool(jnp.ones((4, 4)), jnp.ones((4, 4)), (3, 3)), ValueError, "rank 2"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones((1, 4, 4, 2)), (2, 2)), ValueError,
+     r"logits of shape \(1, 4, 4, 2\) do not broadcast"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones((1, 5, 4, 3)), (2, 2)), ValueError,
+     "do not broadcast"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3), jnp.int32), jnp.ones(3), (2, 2)), TypeError,
+     "inputs must have a floating dtype, got int32"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3, jnp.int32), (2, 2)), TypeError,
+     "logits must have a floating dtype"),
+    (lambda: ops.lan_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3, bool), (2, 2)), TypeError,
+     "weights must have a floating dtype"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3), (0, 2)), ValueError,
+     "window_shape must be 2 positive ints"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3), 3), TypeError,
+     "window_shape must be a sequence"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3), (2, 2), (2,)), ValueError,
+     "strides must be 2 positive ints"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3), (2, 2), None, "same"),
+     ValueError, "padding must be"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3), (2, 2), None, ((1, 1),)),
+     ValueError, "padding needs 2 non-negative"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3), (2, 2), None, ((1, -1), (0, 0))),
+     ValueError, "padding needs 2 non-negative"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3), (5, 2)), ValueError,
+     "window 5 is larger than spatial dim 0 of size 4"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3), (2, 2), (1, 1), ((2, 0), (0, 0))),
+     ValueError, "leaves windows that hold padding only"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3), (2, 2), (2, 2), ((0, 2), (0, 0))),
+     ValueError, "leaves windows that hold padding only"),
+])
+def test_bad_input_gets_a_clear_error(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_window_sum_is_reduce_window_add_with_zero_padding():
+    x = jnp.arange(12.0).reshape(1, 3, 4, 1)
+    window = ops.pool_window(x.shape, (2, 2), (1, 1), P1)
+    expected = lax.reduce_window(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), 0.0, lax.add,
+                                 (1, 2, 2, 1), (1, 1, 1, 1), "VALID")
+    np.testing.assert_array_equal(ops.window_sum(x, window), expected)
