@@ -17,6 +17,3 @@ conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 zeros_init = jax.nn.initializers.zeros
 """Final logit convs start at zero: constant logits, so LIP starts as average pooling."""
 
-
-def logit_conv_init(zero_init: bool):
-    return zeros_init if zero_init else conv_init

@@ -243,6 +243,23 @@ def _lip_bwd(window: Window, residuals, g):
 _lip.defvjp(_lip_fwd, _lip_bwd)
 
 
+def window_share(logits, window_shape, strides=None, padding: Padding = "VALID"):
+    """Each pixel's share of the windows that cover it: mean over those windows p of
+    `w[q] / sum_{q' in p} w[q']`, with `w = exp(logits)`.
+
+    `logits` `(*batch, *spatial, C)` -> shares of the same shape in [0, 1]; pixels that no
+    window covers (e.g. the last row of an odd input under k2/s2/p0) get 0.
+    """
+    logits = _check_float("logits", logits)
+    window = pool_window(logits.shape, window_shape, strides, padding)
+    w, _ = _weights(logits, logits, window)
+    transpose = jax.linear_transpose(lambda t: window_sum(t, window),
+                                     jax.ShapeDtypeStruct(w.shape, w.dtype))
+    total = window_sum(w, window)
+    (share,), (count,) = transpose(1 / total), transpose(jnp.ones_like(total))
+    return jnp.where(count > 0, w * share / jnp.maximum(count, 1), 0)
+
+
 def soft_gate(z, coeff: float = 12.0):
     """The official amplified sigmoid, `coeff * sigmoid(z)`: logits in (0, coeff).
 

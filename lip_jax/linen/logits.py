@@ -6,10 +6,12 @@ Variable names match `lip_jax.nnx.logits`.
 
 import functools
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lip_jax.defaults import GATE_COEFF, LOGIT_WIDTH, NORM_EPS, conv_init, logit_conv_init
+from lip_jax.defaults import GATE_COEFF, LOGIT_WIDTH, NORM_EPS, conv_init, zeros_init
 from lip_jax.ops import soft_gate
 
 InstanceNorm = functools.partial(nn.InstanceNorm, epsilon=NORM_EPS, use_fast_variance=False)
@@ -26,19 +28,21 @@ class LogitHead(nn.Module):
     """conv (k x k, bias-free) -> InstanceNorm -> SoftGate; ends every logit module.
 
     `features` defaults to the input's; `zero_init` zeroes the conv so that LIP starts as
-    average pooling (the official LIP-ResNet init).
+    average pooling (the official LIP-ResNet init), else `kernel_init` initialises it.
     """
 
     features: int | None = None
     kernel_size: int = 1
     zero_init: bool = True
+    kernel_init: Callable = conv_init
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        x = _conv(self.features or x.shape[-1], self.kernel_size, x.ndim - 2,
-                  logit_conv_init(self.zero_init), self.dtype, self.param_dtype, "conv")(x)
+        init = zeros_init if self.zero_init else self.kernel_init
+        x = _conv(self.features or x.shape[-1], self.kernel_size, x.ndim - 2, init, self.dtype,
+                  self.param_dtype, "conv")(x)
         x = InstanceNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
         return soft_gate(x, GATE_COEFF)
 
@@ -57,13 +61,14 @@ class BottleneckTrunk(nn.Module):
     """
 
     width: int = LOGIT_WIDTH
+    kernel_init: Callable = conv_init
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         for i, k in ((1, 1), (2, 3)):
-            x = _conv(self.width, k, x.ndim - 2, conv_init, self.dtype, self.param_dtype,
+            x = _conv(self.width, k, x.ndim - 2, self.kernel_init, self.dtype, self.param_dtype,
                       f"conv{i}")(x)
             x = InstanceNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"norm{i}")(x)
             x = nn.relu(x)
@@ -76,12 +81,14 @@ class BottleneckLogit(nn.Module):
     features: int | None = None
     width: int = LOGIT_WIDTH
     zero_init: bool = True
+    kernel_init: Callable = conv_init
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         features = self.features or x.shape[-1]
-        h = BottleneckTrunk(self.width, self.dtype, self.param_dtype, name="trunk")(x)
-        return LogitHead(features, 1, self.zero_init, self.dtype, self.param_dtype,
-                         name="head")(h)
+        h = BottleneckTrunk(self.width, self.kernel_init, self.dtype, self.param_dtype,
+                            name="trunk")(x)
+        return LogitHead(features, 1, self.zero_init, self.kernel_init, self.dtype,
+                         self.param_dtype, name="head")(h)

@@ -3,8 +3,12 @@
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 
-from lip_jax.ops import Padding, lip_pool
+from lip_jax.ops import Padding, lip_pool, window_share
+
+IMPORTANCE = "importance"
+"""Collection where LIP layers sow `logits` and `window_share` when it is mutable."""
 
 
 class LIP(nn.Module):
@@ -12,7 +16,13 @@ class LIP(nn.Module):
 
     `logit` is any module mapping `(N, *spatial, C)` to logits broadcastable to it (per
     channel, shared or grouped), e.g. `ProjectionLogit()`. The defaults are the official
-    k3/s2/p1: `(N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C)`.
+    k3/s2/p1: `(N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C)`. `logit_input`, when given,
+    feeds the logit module instead of `x` (LIP-ResNet computes logits from a shared trunk).
+    Inside another module's compact method, build the logit module with `parent=None` so
+    that it becomes this layer's child `logit`.
+
+    With `mutable=["importance"]` in `apply`, the layer sows its `logits` and each pixel's
+    `window_share` (see `lip_jax.ops.window_share`); otherwise it computes neither.
     """
 
     logit: nn.Module
@@ -20,5 +30,11 @@ class LIP(nn.Module):
     strides: Sequence[int] | None = (2, 2)
     padding: Padding = ((1, 1), (1, 1))
 
-    def __call__(self, x):
-        return lip_pool(x, self.logit(x), self.window_shape, self.strides, self.padding)
+    def __call__(self, x, logit_input=None):
+        logits = self.logit(x if logit_input is None else logit_input)
+        if self.is_mutable_collection(IMPORTANCE) and not self.is_initializing():
+            logits = jax.numpy.broadcast_to(logits, x.shape[:-1] + logits.shape[-1:])
+            self.sow(IMPORTANCE, "logits", logits)
+            self.sow(IMPORTANCE, "window_share", window_share(
+                logits, self.window_shape, self.strides, self.padding))
+        return lip_pool(x, logits, self.window_shape, self.strides, self.padding)

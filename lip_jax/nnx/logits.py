@@ -9,7 +9,7 @@ import functools
 import jax.numpy as jnp
 from flax import nnx
 
-from lip_jax.defaults import GATE_COEFF, LOGIT_WIDTH, NORM_EPS, conv_init, logit_conv_init
+from lip_jax.defaults import GATE_COEFF, LOGIT_WIDTH, NORM_EPS, conv_init, zeros_init
 from lip_jax.ops import soft_gate
 
 
@@ -30,11 +30,11 @@ class LogitHead(nnx.Module):
     """conv (k x k, bias-free) -> InstanceNorm -> SoftGate; ends every logit module."""
 
     def __init__(self, in_features: int, features: int | None = None, *, kernel_size: int = 1,
-                 zero_init: bool = True, spatial_ndim: int = 2, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 zero_init: bool = True, kernel_init=conv_init, spatial_ndim: int = 2,
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         features = features or in_features
         self.conv = _conv(in_features, features, kernel_size, spatial_ndim,
-                          logit_conv_init(zero_init), dtype, param_dtype, rngs)
+                          zeros_init if zero_init else kernel_init, dtype, param_dtype, rngs)
         self.norm = InstanceNorm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x):
@@ -51,9 +51,9 @@ SimplifiedLogit = functools.partial(LogitHead, kernel_size=3)
 class BottleneckTrunk(nnx.Module):
     """1x1 conv -> IN -> ReLU -> 3x3 conv -> IN -> ReLU, `width` channels."""
 
-    def __init__(self, in_features: int, width: int = LOGIT_WIDTH, *, spatial_ndim: int = 2,
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        args = dict(ndim=spatial_ndim, kernel_init=conv_init, dtype=dtype,
+    def __init__(self, in_features: int, width: int = LOGIT_WIDTH, *, kernel_init=conv_init,
+                 spatial_ndim: int = 2, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        args = dict(ndim=spatial_ndim, kernel_init=kernel_init, dtype=dtype,
                     param_dtype=param_dtype, rngs=rngs)
         norm = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv1 = _conv(in_features, width, 1, **args)
@@ -70,9 +70,10 @@ class BottleneckLogit(nnx.Module):
     """The paper's Bottleneck-`width` logit module: `BottleneckTrunk` then a 1x1 `LogitHead`."""
 
     def __init__(self, in_features: int, features: int | None = None, *,
-                 width: int = LOGIT_WIDTH, zero_init: bool = True, spatial_ndim: int = 2,
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        kw = dict(spatial_ndim=spatial_ndim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                 width: int = LOGIT_WIDTH, zero_init: bool = True, kernel_init=conv_init,
+                 spatial_ndim: int = 2, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(kernel_init=kernel_init, spatial_ndim=spatial_ndim, dtype=dtype,
+                  param_dtype=param_dtype, rngs=rngs)
         self.trunk = BottleneckTrunk(in_features, width, **kw)
         self.head = LogitHead(width, features or in_features, zero_init=zero_init, **kw)
 

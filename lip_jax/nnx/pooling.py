@@ -18,5 +18,6 @@ class LIP(nnx.Module):
         self.strides = None if strides is None else tuple(strides)
         self.padding = padding if isinstance(padding, str) else tuple(map(tuple, padding))
 
-    def __call__(self, x):
-        return lip_pool(x, self.logit(x), self.window_shape, self.strides, self.padding)
+    def __call__(self, x, logit_input=None):
+        logits = self.logit(x if logit_input is None else logit_input)
+        return lip_pool(x, logits, self.window_shape, self.strides, self.padding)
