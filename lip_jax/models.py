@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from lip_jax.linen.densenet import DenseNet
 from lip_jax.linen.resnet import ResNet
+from lip_jax.linen.small_cnn import SmallCNN
 
 _STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
            152: (3, 8, 36, 3)}
@@ -28,6 +29,8 @@ _MODELS = {
     **{f"lip_resnet{d}": _resnet(d, True) for d in _STAGES},
     "densenet121": functools.partial(DenseNet, block_sizes=(6, 12, 24, 16)),
     "lip_densenet121": functools.partial(DenseNet, block_sizes=(6, 12, 24, 16), lip=True),
+    "lip_cnn": functools.partial(SmallCNN, lip=True),  # the Fashion-MNIST default job
+    "cnn": functools.partial(SmallCNN, lip=False),
 }
 
 

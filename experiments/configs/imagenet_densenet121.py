@@ -1,0 +1,7 @@
+"""The paper's ImageNet recipe for densenet121; see lip_jax.train.recipes.imagenet_paper."""
+
+from lip_jax.train.recipes import imagenet_paper
+
+
+def get_config():
+    return imagenet_paper("densenet121")

@@ -1,0 +1,65 @@
+"""Fashion-MNIST from local files: Debian's `dataset-fashion-mnist`, a folder of the
+standard IDX files, or a prepared TFDS `fashion_mnist`. Nothing is downloaded."""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from lip_jax.data.pipeline import DatasetInfo
+
+DEBIAN_PATH = Path("/usr/share/datasets/fashion-mnist")
+FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+INFO = DatasetInfo(num_classes=10, num_train=60_000, num_eval=10_000, mean=(72.94,),
+                   std=(90.02,))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\0\0" or data[2] != 8:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+
+
+def load(split: str, data_dir: str = "") -> list[dict]:
+    """`split` "train" or "test" as a list of `{"image": (28, 28, 1) uint8, "label": int}`."""
+    folder = Path(data_dir) if data_dir else DEBIAN_PATH
+    images_name, labels_name = FILES[split]
+    images, labels = _find(folder, images_name), _find(folder, labels_name)
+    if images and labels:
+        x, y = _read_idx(images)[..., None], _read_idx(labels).astype(np.int64)
+        return [{"image": image, "label": label} for image, label in zip(x, y)]
+    if data_dir and (folder / "fashion_mnist").is_dir():
+        import tensorflow_datasets as tfds  # a prepared TFDS copy: read it, never download
+        source = tfds.data_source("fashion_mnist", split=split, data_dir=data_dir,
+                                  download=False)
+        return [{"image": e["image"], "label": int(e["label"])} for e in source]
+    raise FileNotFoundError(
+        f"Fashion-MNIST not found: no {images_name}[.gz] in {folder}"
+        + ("" if data_dir else " (the default)")
+        + ". Install it with `apt-get install dataset-fashion-mnist`, or set "
+        "--config.data_dir to a folder with the IDX files or to a TFDS data_dir where "
+        "fashion_mnist is prepared. Nothing is downloaded.")
+
+
+def train_transform(example: dict, rng: np.random.Generator) -> dict:
+    """Random horizontal flip and a random 28x28 crop of the image padded by 2."""
+    flip, dy, dx = rng.integers(0, (2, 5, 5))
+    image = example["image"][:, ::-1] if flip else example["image"]
+    out = np.zeros_like(image)  # the crop at offset (dy, dx) of the zero-padded image
+    out[max(2 - dy, 0):28 + min(2 - dy, 0), max(2 - dx, 0):28 + min(2 - dx, 0)] = image[
+        max(dy - 2, 0):28 + min(dy - 2, 0), max(dx - 2, 0):28 + min(dx - 2, 0)]
+    return {"image": out, "label": example["label"]}
+
+
+def eval_transform(example: dict) -> dict:
+    return {"image": example["image"], "label": example["label"]}

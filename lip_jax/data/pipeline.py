@@ -1,0 +1,65 @@
+"""Deterministic, resumable, per-process input pipelines on grain `MapDataset`s.
+
+A source is any random-access sequence of examples; a transform maps one example (and, in
+training, a `numpy.random.Generator`) to `{"image": uint8 HWC, "label": int}`. The order of
+global batches depends only on the seed, never on the number of processes, and the
+batch of step `s` can be produced directly: resuming at step `s` restores the data
+position exactly.
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+import grain
+import numpy as np
+
+
+class DatasetInfo(NamedTuple):
+    num_classes: int
+    num_train: int
+    num_eval: int
+    mean: tuple[float, ...]  # per channel, in pixel units (0-255)
+    std: tuple[float, ...]
+
+
+def _local_batch(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise ValueError(f"batch size {global_batch} is not divisible by the "
+                         f"{process_count} processes")
+    return global_batch // process_count
+
+
+def train_batches(source: Sequence, transform: Callable, global_batch: int, *, seed: int,
+                  start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                  num_threads: int = 8) -> Iterator[dict]:
+    """This process's share of global batches `start_step, start_step + 1, ...`, forever.
+
+    Global batch `s` holds examples `s*B .. (s+1)*B - 1` of an endless stream of epochs,
+    each a fresh shuffle of `source`; augmentation randomness is tied to the stream index.
+    Process `p` gets rows `p, p + P, ...` of it (as `{"image", "label"}` arrays).
+    """
+    local = _local_batch(global_batch, process_count)
+    stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+    stream = stream.random_map(lambda example, rng: transform(example, rng))
+    batches = stream[process_index::process_count].batch(local, drop_remainder=True)
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * local)
+    return iter(batches[start_step:].to_iter_dataset(options))
+
+
+def eval_batches(source: Sequence, transform: Callable, global_batch: int, *,
+                 process_index: int = 0, process_count: int = 1,
+                 num_threads: int = 8) -> Iterator[dict]:
+    """One pass over `source` in global batches; the last is padded, with `mask` 0 on the
+    padding, so that every example counts exactly once for any batch and process count."""
+    local = _local_batch(global_batch, process_count)
+    size = len(source)
+    num_batches = -(-size // global_batch)
+
+    def example(i):
+        batch, row = divmod(i, local)
+        index = batch * global_batch + process_index * local + row
+        out = transform(source[min(index, size - 1)])
+        return dict(out, mask=np.float32(index < size))
+
+    batches = grain.MapDataset.range(num_batches * local).map(example).batch(local)
+    return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads)))

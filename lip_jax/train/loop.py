@@ -1,0 +1,215 @@
+"""The training loop: one mesh over every device of every host, data-parallel `jax.jit`.
+
+The same code runs on one CPU, 8 fake CPU devices, a GPU box or a TPU pod: the batch is
+sharded over the mesh axis "data", the state is replicated, and `jax.distributed`
+connects hosts when `config.distributed` is set.
+"""
+
+import functools
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lip_jax import data, pretrained
+from lip_jax.models import create_model
+from lip_jax.train import steps
+from lip_jax.train.checkpoint import Checkpoints
+from lip_jax.train.metrics import MetricsWriter, Progress
+from lip_jax.train.optim import make_optimizer, make_schedule
+
+log = logging.getLogger("lip_jax")
+
+
+def initialize_distributed(config) -> None:
+    """Connects the hosts (TPU pods and SLURM/MPI clusters detect their peers; elsewhere
+    `coordinator_address`, `num_processes` and `process_id` say who is who)."""
+    if not config.distributed:
+        return
+    if jax.config.jax_platforms in (None, "", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kw = {}
+    if config.coordinator_address:
+        kw = dict(coordinator_address=config.coordinator_address,
+                  num_processes=config.num_processes, process_id=config.process_id)
+    jax.distributed.initialize(**kw)
+
+
+class Trainer:
+    """Model, optimizer, shardings and jitted steps for one config."""
+
+    def __init__(self, config, devices=None):
+        self.config = config
+        self.info = data.info(config.dataset)
+        devices = jax.devices() if devices is None else devices
+        for field in ("batch_size", "eval_batch_size"):
+            if config[field] % len(devices):
+                raise ValueError(f"config.{field} = {config[field]} is not divisible by the "
+                                 f"{len(devices)} devices")
+        self.train_source, self.train_transform = data.train_split(config)
+        self.steps_per_epoch = max(1, len(self.train_source) // config.batch_size)
+        self.total_steps = (config.max_steps if config.max_steps > 0
+                            else math.ceil(config.num_epochs * self.steps_per_epoch))
+        self.model = create_model(config.model, num_classes=self.info.num_classes,
+                                  dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+        self.schedule = make_schedule(config, self.steps_per_epoch, self.total_steps)
+        self.tx = make_optimizer(config, self.schedule)
+        mesh = jax.make_mesh((len(devices),), ("data",), devices=devices)
+        self.replicated = NamedSharding(mesh, P())
+        self.sharded = NamedSharding(mesh, P("data"))
+        norm = dict(mean=self.info.mean, std=self.info.std)
+        self.train_step = jax.jit(
+            functools.partial(steps.train_step, model=self.model, tx=self.tx,
+                              schedule=self.schedule, num_classes=self.info.num_classes,
+                              label_smoothing=config.label_smoothing, **norm),
+            in_shardings=(self.replicated, self.sharded), out_shardings=self.replicated,
+            donate_argnums=0)
+        self.eval_step = jax.jit(functools.partial(steps.eval_step, model=self.model, **norm),
+                                 in_shardings=(self.replicated, self.sharded),
+                                 out_shardings=self.replicated)
+
+    def image_shape(self):
+        return data.image_shape(self.config)
+
+    def init_state(self) -> steps.TrainState:
+        """A fresh state (or the `init_from` weights), replicated over the mesh."""
+        def init(rng):
+            variables = self.model.init(rng, jnp.zeros((1, *self.image_shape())))
+            return steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                                    batch_stats=variables["batch_stats"],
+                                    opt_state=self.tx.init(variables["params"]))
+        state = jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed))
+        if self.config.init_from:
+            variables = pretrained.load_variables(self.config.init_from, self.config.model,
+                                                  like=state)
+            state = state.replace(**jax.device_put(variables, self.replicated))
+            log.info("initialised from %s", self.config.init_from)
+        return state
+
+    def abstract_state(self):
+        return jax.eval_shape(self.init_state)
+
+    def global_batch(self, local: dict) -> dict:
+        return {k: jax.make_array_from_process_local_data(self.sharded, np.asarray(v))
+                for k, v in local.items()}
+
+    def evaluate(self, state) -> dict:
+        """Top-1/top-5 accuracy and loss over the whole eval split, each example once."""
+        source, transform = data.eval_split(self.config)
+        totals = None
+        for batch in data.pipeline.eval_batches(
+                source, transform, self.config.eval_batch_size,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                num_threads=self.config.num_threads):
+            sums = self.eval_step(state, self.global_batch(batch))
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        totals = jax.device_get(totals)
+        count = totals["count"]
+        return dict(eval_top1=totals["top1"] / count, eval_top5=totals["top5"] / count,
+                    eval_loss=totals["loss"] / count, eval_count=count)
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag that the loop checks after each step."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM: saving a checkpoint and stopping")
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+def _check_finite(history, last_saved):
+    for step, metrics in history:
+        if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+            raise FloatingPointError(
+                f"loss {metrics['loss']} / gradient norm {metrics['grad_norm']} at step {step}: "
+                f"stopping; the last good checkpoint (step {last_saved}) is intact")
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final
+    metrics. Saves at least every `checkpoint_every_secs`, on SIGTERM, and at the end."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config)
+    checkpoints = Checkpoints(workdir / "checkpoints", config.keep_checkpoints)
+    state = checkpoints.restore_latest(trainer.abstract_state())
+    if state is None:
+        state = trainer.init_state()
+    start = int(jax.device_get(state.step))
+    if start:
+        log.info("resumed from the checkpoint at step %d in %s", start, workdir)
+    lead = jax.process_index() == 0
+    writer = MetricsWriter(workdir, enabled=lead)
+    batches = data.pipeline.train_batches(
+        trainer.train_source, trainer.train_transform, config.batch_size, seed=config.seed, start_step=start,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_threads=config.num_threads)
+    eval_every = max(1, int(config.eval_every_epochs * trainer.steps_per_epoch))
+    progress = Progress(start, trainer.total_steps, config.batch_size, enabled=lead)
+    preemption = _Preemption()
+    history, last_saved, last_save_time = [], start, time.monotonic()
+    final = {}
+    try:
+        for step in range(start + 1, trainer.total_steps + 1):
+            batch = trainer.global_batch(next(batches))
+            with jax.transfer_guard("disallow"):
+                state, metrics = trainer.train_step(state, batch)
+            history.append((step, metrics))
+            stop = preemption.requested
+            due = time.monotonic() - last_save_time >= config.checkpoint_every_secs
+            log_now = step % config.log_every_steps == 0 or step == trainer.total_steps
+            evaluate = step % eval_every == 0 or step == trainer.total_steps
+            if log_now or due or stop or evaluate:
+                history = [(s, jax.device_get(m)) for s, m in history]
+                _check_finite(history, last_saved)
+                step_metrics = history[-1][1]
+                rate = progress.update(step, loss=step_metrics["loss"],
+                                       accuracy=step_metrics["accuracy"])
+                writer.write(step, **{k: np.mean([m[k] for _, m in history])
+                                      for k in ("loss", "accuracy", "grad_norm")},
+                             learning_rate=step_metrics["learning_rate"], images_per_sec=rate)
+                history = []
+            if evaluate:
+                final = trainer.evaluate(state)
+                writer.write(step, epoch=step / trainer.steps_per_epoch, **final)
+                log.info("step %d: eval top-1 %.4f, top-5 %.4f", step, final["eval_top1"],
+                         final["eval_top5"])
+            if due or stop or step == trainer.total_steps:
+                checkpoints.save(state)
+                last_saved, last_save_time = step, time.monotonic()
+            if stop:
+                break
+    finally:
+        preemption.restore()
+        progress.close()
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
+    return dict(final, step=int(jax.device_get(state.step)), steps_per_epoch=trainer.steps_per_epoch)
+
+
+def evaluate_checkpoint(config, workdir) -> dict:
+    """Evaluates the newest checkpoint in `workdir` (or `init_from` weights if none)."""
+    trainer = Trainer(config)
+    checkpoints = Checkpoints(Path(workdir) / "checkpoints", config.keep_checkpoints)
+    state = checkpoints.restore_latest(trainer.abstract_state())
+    checkpoints.close()
+    if state is None:
+        if not config.init_from:
+            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints and no "
+                                    "config.init_from to evaluate")
+        state = trainer.init_state()
+    return dict(trainer.evaluate(state), step=int(jax.device_get(state.step)))

@@ -1,0 +1,73 @@
+"""Metrics: JSON lines in `workdir/metrics.jsonl`, TensorBoard where tensorboardX is
+installed, and progress on the terminal (a bar when interactive, log lines otherwise)."""
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("lip_jax")
+
+
+class MetricsWriter:
+    """Writes from process 0 only; `write(step, **scalars)` appends one JSON object."""
+
+    def __init__(self, workdir: Path, enabled: bool = True):
+        self.enabled = enabled
+        self.file = open(Path(workdir) / "metrics.jsonl", "a") if enabled else None
+        self.tensorboard = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+                self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, step: int, **scalars) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, float(value), step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+
+class Progress:
+    """A tqdm bar with images/s and ETA on a terminal; plain log lines elsewhere."""
+
+    def __init__(self, start: int, total: int, batch_size: int, enabled: bool = True):
+        self.batch_size, self.total, self.enabled = batch_size, total, enabled
+        self.last_step, self.last_time = start, time.perf_counter()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, **scalars) -> float:
+        """Reports progress up to `step`; returns images/s since the last call."""
+        now = time.perf_counter()
+        rate = (step - self.last_step) * self.batch_size / max(now - self.last_time, 1e-9)
+        self.last_step, self.last_time = step, now
+        if not self.enabled:
+            return rate
+        text = ", ".join(f"{k} {v:.4g}" for k, v in scalars.items())
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix_str(f"{text}, {rate:.0f} img/s")
+        else:
+            eta = (self.total - step) * self.batch_size / max(rate, 1e-9)
+            log.info("step %d/%d: %s, %.0f img/s, ETA %.0f s", step, self.total, text, rate, eta)
+        return rate
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
