@@ -99,10 +99,31 @@ def pool_window(input_shape, window_shape, strides=None, padding: Padding = "VAL
     )
 
 
+def _axes(window: Window):
+    """(axis, window, stride, (low, high)) of each dim that is pooled."""
+    return [(axis, k, s, p) for axis, (k, s, p) in
+            enumerate(zip(window.dims, window.strides, window.pads)) if (k, s, p) != (1, 1, (0, 0))]
+
+
 def window_sum(x: jax.Array, window: Window) -> jax.Array:
-    """Sum of `x` over each window: zero padding, reducer `lax.add`, concrete 0 init."""
-    return lax.reduce_window(x, np.zeros((), x.dtype), lax.add, window.dims, window.strides,
-                             window.pads)
+    """Sum of `x` over each window: zero padding, reducer `lax.add`, concrete 0 init.
+
+    Computed one axis at a time (a k1 x k2 window costs k1 + k2 adds, not k1 * k2).
+    """
+    zero = np.zeros((), x.dtype)
+    for axis, k, s, pads in _axes(window):
+        dims, strides, padding = [1] * x.ndim, [1] * x.ndim, [(0, 0)] * x.ndim
+        dims[axis], strides[axis], padding[axis] = k, s, pads
+        x = lax.reduce_window(x, zero, lax.add, dims, strides, padding)
+    return x
+
+
+def window_sum_transpose(u: jax.Array, window: Window, input_shape) -> jax.Array:
+    """The transpose of `window_sum`: `t[q]` = sum of `u[p]` over the windows `p` holding
+    `q`, an `input_shape` array (autodiff's transpose of the per-axis sums)."""
+    transpose = jax.linear_transpose(lambda t: window_sum(t, window),
+                                     jax.ShapeDtypeStruct(tuple(input_shape), u.dtype))
+    return transpose(u)[0]
 
 
 def _compute_dtype(dtype) -> jnp.dtype:
@@ -201,17 +222,13 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
     return out.reshape(*out.shape[:out.ndim - feature_ndim], -1)
 
 
-def _spatial_axes(window: Window) -> tuple[int, ...]:
-    return tuple(i for i, (k, s, p) in enumerate(zip(window.dims, window.strides, window.pads))
-                 if (k, s, p) != (1, 1, (0, 0)))
-
-
 def _weights(x, l, window: Window, shift=None):
     """exp(l - shift) broadcast to x, in the compute dtype; shift = spatial max of l."""
     ct = _compute_dtype(x.dtype)
     l = jnp.broadcast_to(l, x.shape).astype(ct)
     if shift is None:
-        shift = lax.stop_gradient(jnp.max(l, axis=_spatial_axes(window), keepdims=True))
+        shift = lax.stop_gradient(jnp.max(l, axis=tuple(a[0] for a in _axes(window)),
+                                                keepdims=True))
     return jnp.exp(l - shift), shift
 
 
@@ -231,10 +248,9 @@ def _lip_bwd(window: Window, residuals, g):
     """dx = w T(g/S);  dl = w (x T(g/S) - T(g y/S)), T the transpose of window_sum."""
     x, l, shift, total, y = residuals
     w, _ = _weights(x, l, window, shift)
-    transpose = jax.linear_transpose(lambda t: window_sum(t, window),
-                                     jax.ShapeDtypeStruct(x.shape, w.dtype))
     u = g.astype(w.dtype) / total
-    (tu,), (tuy,) = transpose(u), transpose(u * y)
+    tu = window_sum_transpose(u, window, x.shape)
+    tuy = window_sum_transpose(u * y, window, x.shape)
     dx = w * tu
     dl = w * (x.astype(w.dtype) * tu - tuy)
     return dx.astype(x.dtype), _sum_to_shape(dl, l.shape).astype(l.dtype)
@@ -253,10 +269,9 @@ def window_share(logits, window_shape, strides=None, padding: Padding = "VALID")
     logits = _check_float("logits", logits)
     window = pool_window(logits.shape, window_shape, strides, padding)
     w, _ = _weights(logits, logits, window)
-    transpose = jax.linear_transpose(lambda t: window_sum(t, window),
-                                     jax.ShapeDtypeStruct(w.shape, w.dtype))
     total = window_sum(w, window)
-    (share,), (count,) = transpose(1 / total), transpose(jnp.ones_like(total))
+    share = window_sum_transpose(1 / total, window, w.shape)
+    count = window_sum_transpose(jnp.ones_like(total), window, w.shape)
     return jnp.where(count > 0, w * share / jnp.maximum(count, 1), 0)
 
 

@@ -52,13 +52,9 @@ def load(split: str, data_dir: str = "") -> list[dict]:
 
 
 def train_transform(example: dict, rng: np.random.Generator) -> dict:
-    """Random horizontal flip and a random 28x28 crop of the image padded by 2."""
-    flip, dy, dx = rng.integers(0, (2, 5, 5))
-    image = example["image"][:, ::-1] if flip else example["image"]
-    out = np.zeros_like(image)  # the crop at offset (dy, dx) of the zero-padded image
-    out[max(2 - dy, 0):28 + min(2 - dy, 0), max(2 - dx, 0):28 + min(2 - dx, 0)] = image[
-        max(dy - 2, 0):28 + min(dy - 2, 0), max(dx - 2, 0):28 + min(dx - 2, 0)]
-    return {"image": out, "label": example["label"]}
+    """A random horizontal flip (the default job is too short to profit from crops)."""
+    image = example["image"][:, ::-1] if rng.random() < 0.5 else example["image"]
+    return {"image": np.ascontiguousarray(image), "label": example["label"]}
 
 
 def eval_transform(example: dict) -> dict:

@@ -1,11 +1,11 @@
 """orbax checkpoints of the train state: async, atomic, keep N, newest restorable first."""
 
 import logging
-from pathlib import Path
 
 import flax.serialization
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 log = logging.getLogger("lip_jax")
 
@@ -13,9 +13,13 @@ log = logging.getLogger("lip_jax")
 class Checkpoints:
     """Checkpoints under `directory`, one per saved step (the data position is the step)."""
 
-    def __init__(self, directory: Path, keep: int):
+    def __init__(self, directory, keep: int):
+        """`directory`: a local path or a cloud URL such as gs://bucket/run/checkpoints."""
+        directory = epath.Path(directory)
+        if "://" not in str(directory):
+            directory = directory.resolve()
         self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
+            directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep,
                                                  enable_async_checkpointing=True))
 

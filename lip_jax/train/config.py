@@ -2,6 +2,7 @@
 
 import ast
 import importlib.util
+import json
 from pathlib import Path
 
 import ml_collections
@@ -23,16 +24,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.image_size = 224  # imagenet2012 crop size (eval resizes to image_size * 8 / 7)
     c.num_threads = 8  # input worker threads per process
 
-    c.batch_size = 128  # global, across all devices and hosts
+    c.batch_size = 64  # global, across all devices and hosts
     c.eval_batch_size = 500
-    c.num_epochs = 6.0
+    c.num_epochs = 4.0
     c.max_steps = -1  # > 0: stop after this many steps (smoke tests)
 
-    c.optimizer = "sgd"  # "sgd" (momentum) or "nesterov"
-    c.learning_rate = 0.1  # for a batch of `lr_reference_batch`, scaled linearly
+    c.optimizer = "nesterov"  # "sgd" (momentum) or "nesterov"
+    c.learning_rate = 0.4  # for a batch of `lr_reference_batch`, scaled linearly
     c.lr_reference_batch = 256
     c.momentum = 0.9
-    c.weight_decay = 1e-4  # on all parameters, as the official recipe
+    c.weight_decay = 5e-4  # on all parameters (the official recipe uses 1e-4)
     c.schedule = "cosine"  # "step" (x`decay_factor` at `decay_epochs`) or "cosine"
     c.decay_epochs = (30, 60, 80)
     c.decay_factor = 0.1
@@ -80,6 +81,13 @@ def load_config(path: str | None, overrides: list[str]) -> ml_collections.Config
             value = float(value)
         node[path[-1]] = value
     check_config(config)
+    return config
+
+
+def read_config(path) -> ml_collections.ConfigDict:
+    """A config written by the training loop (`workdir/config.json`)."""
+    config = default_config()
+    config.update(json.loads(Path(path).read_text()))
     return config
 
 

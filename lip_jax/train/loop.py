@@ -10,11 +10,11 @@ import logging
 import math
 import signal
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lip_jax import data, pretrained
@@ -141,7 +141,7 @@ def _check_finite(history, last_saved):
 def train_and_evaluate(config, workdir) -> dict:
     """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final
     metrics. Saves at least every `checkpoint_every_secs`, on SIGTERM, and at the end."""
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)  # local, or a cloud URL such as gs://bucket/run
     workdir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config)
     checkpoints = Checkpoints(workdir / "checkpoints", config.keep_checkpoints)
@@ -152,6 +152,8 @@ def train_and_evaluate(config, workdir) -> dict:
     if start:
         log.info("resumed from the checkpoint at step %d in %s", start, workdir)
     lead = jax.process_index() == 0
+    if lead:
+        (workdir / "config.json").write_text(config.to_json(indent=1))
     writer = MetricsWriter(workdir, enabled=lead)
     batches = data.pipeline.train_batches(
         trainer.train_source, trainer.train_transform, config.batch_size, seed=config.seed, start_step=start,
@@ -201,15 +203,21 @@ def train_and_evaluate(config, workdir) -> dict:
     return dict(final, step=int(jax.device_get(state.step)), steps_per_epoch=trainer.steps_per_epoch)
 
 
-def evaluate_checkpoint(config, workdir) -> dict:
-    """Evaluates the newest checkpoint in `workdir` (or `init_from` weights if none)."""
+def latest_state(config, workdir):
+    """(Trainer, newest restorable state in `workdir`, or the `init_from` weights)."""
     trainer = Trainer(config)
-    checkpoints = Checkpoints(Path(workdir) / "checkpoints", config.keep_checkpoints)
+    checkpoints = Checkpoints(epath.Path(workdir) / "checkpoints", config.keep_checkpoints)
     state = checkpoints.restore_latest(trainer.abstract_state())
     checkpoints.close()
     if state is None:
         if not config.init_from:
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints and no "
-                                    "config.init_from to evaluate")
+                                    "config.init_from")
         state = trainer.init_state()
+    return trainer, state
+
+
+def evaluate_checkpoint(config, workdir) -> dict:
+    """Evaluates the newest checkpoint in `workdir` (or `init_from` weights if none)."""
+    trainer, state = latest_state(config, workdir)
     return dict(trainer.evaluate(state), step=int(jax.device_get(state.step)))

@@ -5,7 +5,8 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
+
+from etils import epath
 
 log = logging.getLogger("lip_jax")
 
@@ -13,14 +14,14 @@ log = logging.getLogger("lip_jax")
 class MetricsWriter:
     """Writes from process 0 only; `write(step, **scalars)` appends one JSON object."""
 
-    def __init__(self, workdir: Path, enabled: bool = True):
+    def __init__(self, workdir, enabled: bool = True):
         self.enabled = enabled
-        self.file = open(Path(workdir) / "metrics.jsonl", "a") if enabled else None
+        self.file = (epath.Path(workdir) / "metrics.jsonl").open("a") if enabled else None
         self.tensorboard = None
         if enabled:
             try:
                 from tensorboardX import SummaryWriter
-                self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+                self.tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
             except ImportError:
                 pass
 
