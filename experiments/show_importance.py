@@ -43,7 +43,7 @@ def main(argv=None):
     source, transform = data.eval_split(config)
     examples = [transform(source[i]) for i in range(args.images)]
     images = np.stack([e["image"] for e in examples])
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     maps = jax.device_get(importance_maps(
         trainer.model, variables, normalize(images, trainer.info.mean, trainer.info.std),
         args.normalize))

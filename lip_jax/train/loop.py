@@ -60,7 +60,8 @@ class Trainer:
                                   dtype=jnp.dtype(config.dtype), **config.model_kwargs)
         self.schedule = make_schedule(config, self.steps_per_epoch, self.total_steps)
         self.tx = make_optimizer(config, self.schedule)
-        mesh = jax.make_mesh((len(devices),), ("data",), devices=devices)
+        mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
+                             axis_types=(jax.sharding.AxisType.Auto,))
         self.replicated = NamedSharding(mesh, P())
         self.sharded = NamedSharding(mesh, P("data"))
         norm = dict(mean=self.info.mean, std=self.info.std)
