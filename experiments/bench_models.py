@@ -1,7 +1,7 @@
 """Benchmark: LIP networks against their baselines, train-step throughput and peak memory.
 
     python experiments/bench_models.py [--pairs lip_resnet50:resnet50 lip_cnn:cnn]
-        [--batch 8] [--size 224] [--reps 3]
+        [--batch 8] [--size 224] [--reps 3] [--lip-kwargs '{"remat_logits": true}']
 
 For each (LIP, baseline) pair: images/s of a full train step (forward, backward, SGD
 update, BatchNorm statistics) at the same batch and resolution, and XLA's memory analysis
@@ -27,10 +27,11 @@ from lip_jax.train import steps
 SMALL = {"lip_cnn", "cnn"}
 
 
-def measure(name, batch, size, reps, dtype):
+def measure(name, batch, size, reps, dtype, **model_kw):
     small = name in SMALL
     shape = (128, 28, 28, 1) if small else (batch, size, size, 3)
-    model = create_model(name, num_classes=10 if small else 1000, dtype=jnp.dtype(dtype))
+    model = create_model(name, num_classes=10 if small else 1000, dtype=jnp.dtype(dtype),
+                         **model_kw)
     tx = optax.sgd(0.1, momentum=0.9)
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *shape[1:])))
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
@@ -65,6 +66,8 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--lip-kwargs", type=json.loads, default={},
+                        help="JSON create_model arguments for the LIP models")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "bench_models.json")
     args = parser.parse_args(argv)
@@ -73,7 +76,8 @@ def main(argv=None):
           f"{'LIP MiB':>8} {'base MiB':>8} {'ratio':>6}")
     for pair in args.pairs:
         lip, base = pair.split(":")
-        a, b = (measure(n, args.batch, args.size, args.reps, args.dtype) for n in (lip, base))
+        a = measure(lip, args.batch, args.size, args.reps, args.dtype, **args.lip_kwargs)
+        b = measure(base, args.batch, args.size, args.reps, args.dtype)
         rows += [a, b]
         summary = dict(lip=lip, baseline=base, throughput_ratio=a["images_per_s"] / b[
             "images_per_s"], memory_ratio=a["peak_bytes"] / b["peak_bytes"])
@@ -84,6 +88,7 @@ def main(argv=None):
               f"{summary['memory_ratio']:>6.2f}", flush=True)
     result = dict(device=jax.devices()[0].device_kind, platform=platform.platform(),
                   versions=dict(jax=jax.__version__), dtype=args.dtype, reps=args.reps,
+                  lip_kwargs=args.lip_kwargs,
                   rows=rows, pairs=pairs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
