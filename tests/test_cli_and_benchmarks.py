@@ -29,3 +29,14 @@ def test_bench_pooling_writes_json(tmp_path, monkeypatch):
     assert {"lip_pool", "naive JAX", "flax avg_pool", "x * 1.5"} <= impls
     assert all(row["forward_ms"] > 0 for row in result["rows"])
     assert result["versions"]["jax"]
+
+
+def test_bench_models_writes_json(tmp_path, monkeypatch):
+    out = tmp_path / "models.json"
+    monkeypatch.setattr(sys, "argv", ["bench_models.py", "--pairs", "lip_cnn:cnn", "--reps", "1",
+                                      "--out", str(out)])
+    runpy.run_path(str(ROOT / "experiments" / "bench_models.py"), run_name="__main__")
+    result = json.loads(out.read_text())
+    (pair,) = result["pairs"]
+    assert pair["lip"] == "lip_cnn" and pair["throughput_ratio"] > 0
+    assert all(row["peak_bytes"] > 0 for row in result["rows"])
