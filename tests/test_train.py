@@ -264,3 +264,19 @@ def test_imagenet_transforms_shapes_and_crop_boxes():
     example = {"image": _jpeg(0, (37, 90)), "label": 3}
     assert imagenet.train_transform(64)(example, rng)["image"].shape == (64, 64, 3)
     assert imagenet.eval_transform(64)(example)["image"].shape == (64, 64, 3)
+
+
+def test_init_from_converted_weights(data_dir, tmp_path):
+    from lip_jax import pretrained
+    trainer = loop.Trainer(tiny_config(data_dir, seed=1))
+    state = trainer.init_state()
+    saved = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    saved = jax.tree.map(lambda v: v + 0.5, saved)
+    pretrained.save_variables(tmp_path / "weights", "lip_cnn", saved)
+    started = loop.Trainer(tiny_config(data_dir, init_from=str(tmp_path / "weights")))
+    restored = jax.device_get(started.init_state())
+    jax.tree.map(np.testing.assert_array_equal, saved["params"], restored.params)
+    wrong = tiny_config(data_dir, init_from=str(tmp_path / "weights"),
+                        model_kwargs={"widths": (4, 16), "convs_per_stage": (1, 1)})
+    with pytest.raises(ValueError, match="do not fit the model"):
+        loop.Trainer(wrong).init_state()

@@ -75,17 +75,16 @@ class Trainer:
                                  in_shardings=(self.replicated, self.sharded),
                                  out_shardings=self.replicated)
 
-    def image_shape(self):
-        return data.image_shape(self.config)
+    def _fresh_state(self) -> steps.TrainState:
+        variables = self.model.init(jax.random.key(self.config.seed),
+                                    jnp.zeros((1, *data.image_shape(self.config))))
+        return steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                                batch_stats=variables["batch_stats"],
+                                opt_state=self.tx.init(variables["params"]))
 
     def init_state(self) -> steps.TrainState:
         """A fresh state (or the `init_from` weights), replicated over the mesh."""
-        def init(rng):
-            variables = self.model.init(rng, jnp.zeros((1, *self.image_shape())))
-            return steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                                    batch_stats=variables["batch_stats"],
-                                    opt_state=self.tx.init(variables["params"]))
-        state = jax.jit(init, out_shardings=self.replicated)(jax.random.key(self.config.seed))
+        state = jax.jit(self._fresh_state, out_shardings=self.replicated)()
         if self.config.init_from:
             variables = pretrained.load_variables(self.config.init_from, self.config.model,
                                                   like=state)
@@ -94,7 +93,10 @@ class Trainer:
         return state
 
     def abstract_state(self):
-        return jax.eval_shape(self.init_state)
+        """Shapes, dtypes and shardings of the state, computing nothing."""
+        shapes = jax.eval_shape(self._fresh_state)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                           sharding=self.replicated), shapes)
 
     def global_batch(self, local: dict) -> dict:
         return {k: jax.make_array_from_process_local_data(self.sharded, np.asarray(v))
