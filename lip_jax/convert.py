@@ -42,6 +42,11 @@ def _to_torch(kind, value):
             "vector": lambda v: v}[kind](value)
 
 
+def _torch_shape(kind, flax_shape) -> list[int]:
+    order = {"conv": (3, 2, 0, 1), "linear": (1, 0), "vector": (0,)}[kind]
+    return [flax_shape[i] for i in order]
+
+
 def conv(t: str, f: Path) -> list[Entry]:
     return [Entry(f"{t}.weight", "params", f + ("kernel",), "conv")]
 
@@ -174,15 +179,16 @@ def from_torch_state_dict(name: str, state_dict: Mapping, **model_kw) -> dict:
         if entry.torch_key not in given:
             continue
         target = _lookup(expected, entry.collection, entry.path)
-        value = _to_flax(entry.kind, _as_numpy(given[entry.torch_key]))
-        if value.shape != target.shape:
-            problems.append(f"key {entry.torch_key} has shape {list(_to_torch(entry.kind, value).shape)}"
-                            f", expected {list(_to_torch(entry.kind, np.empty(target.shape)).shape)}")
+        value = _as_numpy(given[entry.torch_key])
+        expected_shape = _torch_shape(entry.kind, target.shape)
+        if list(value.shape) != expected_shape:
+            problems.append(f"key {entry.torch_key} has shape {list(value.shape)}, expected "
+                            f"{expected_shape}")
             continue
         node = variables[entry.collection]
         for part in entry.path[:-1]:
             node = node.setdefault(part, {})
-        node[entry.path[-1]] = value.astype(target.dtype)
+        node[entry.path[-1]] = _to_flax(entry.kind, value).astype(target.dtype)
     if problems:
         raise CheckpointError(f"state_dict does not fit {name}:\n  " + "\n  ".join(problems))
     return variables

@@ -49,7 +49,8 @@ def _int_tuple(name: str, value, n: int) -> tuple[int, ...]:
 def _spatial_pads(spatial_shape, window_shape, strides, padding) -> tuple[tuple[int, int], ...]:
     if isinstance(padding, str):
         if padding not in ("VALID", "SAME"):
-            raise ValueError(f'padding must be "VALID", "SAME" or (low, high) pairs, got {padding!r}')
+            raise ValueError(
+                f'padding must be "VALID", "SAME" or (low, high) pairs, got {padding!r}')
         return tuple(lax.padtype_to_pads(spatial_shape, window_shape, strides, padding))
     try:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)

@@ -150,6 +150,8 @@ def tiny_lip_resnet_sd():
      r"key fc.weight has shape \[7, 256\], expected \[10, 256\]"),
     (lambda sd: sd.__setitem__("maxpool.logit.conv.weight", np.zeros((8, 8, 1, 3))),
      r"key maxpool.logit.conv.weight has shape \[8, 8, 1, 3\], expected \[8, 8, 3, 3\]"),
+    (lambda sd: sd.__setitem__("layer2.0.conv1.weight", np.zeros((16, 32))),
+     r"key layer2.0.conv1.weight has shape \[16, 32\], expected \[16, 32, 1, 1\]"),
 ])
 def test_bad_checkpoints_name_the_key(tiny_lip_resnet_sd, edit, message):
     sd = dict(tiny_lip_resnet_sd)

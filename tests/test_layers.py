@@ -116,5 +116,6 @@ def test_compute_dtype(dtype):
 
 def test_param_dtype():
     module = N.LIP(N.BottleneckLogit(C, width=16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
-    assert {v.dtype for v in jax.tree.leaves(nnx.state(module, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
+    dtypes = {v.dtype for v in jax.tree.leaves(nnx.state(module, nnx.Param))}
+    assert dtypes == {jnp.dtype(jnp.bfloat16)}
     assert module(X).dtype == jnp.float32

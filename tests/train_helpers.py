@@ -30,9 +30,10 @@ def make_fashion_mnist(folder: Path, num_train=256, num_test=103, seed=0) -> Pat
 
 
 def tiny_overrides(data_dir, **fields) -> list[str]:
-    values = dict(model_kwargs={"widths": (4, 8), "convs_per_stage": (1, 1)}, data_dir=str(data_dir),
-                  batch_size=32, eval_batch_size=40, num_epochs=1.0, learning_rate=0.4,
-                  log_every_steps=1, num_threads=2, checkpoint_every_secs=1e6)
+    values = dict(model_kwargs={"widths": (4, 8), "convs_per_stage": (1, 1)},
+                  data_dir=str(data_dir), batch_size=32, eval_batch_size=40, num_epochs=1.0,
+                  learning_rate=0.4, log_every_steps=1, num_threads=2,
+                  checkpoint_every_secs=1e6)
     values.update(fields)
     return [f"--config.{k}={v!r}" if isinstance(v, str) else f"--config.{k}={v}"
             for k, v in values.items()]

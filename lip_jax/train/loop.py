@@ -159,9 +159,9 @@ def train_and_evaluate(config, workdir) -> dict:
         (workdir / "config.json").write_text(config.to_json(indent=1))
     writer = MetricsWriter(workdir, enabled=lead)
     batches = data.pipeline.train_batches(
-        trainer.train_source, trainer.train_transform, config.batch_size, seed=config.seed, start_step=start,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=config.num_threads)
+        trainer.train_source, trainer.train_transform, config.batch_size, seed=config.seed,
+        start_step=start, process_index=jax.process_index(),
+        process_count=jax.process_count(), num_threads=config.num_threads)
     eval_every = max(1, int(config.eval_every_epochs * trainer.steps_per_epoch))
     progress = Progress(start, trainer.total_steps, config.batch_size, enabled=lead)
     preemption = _Preemption()
@@ -203,7 +203,8 @@ def train_and_evaluate(config, workdir) -> dict:
         checkpoints.wait()
         checkpoints.close()
         writer.close()
-    return dict(final, step=int(jax.device_get(state.step)), steps_per_epoch=trainer.steps_per_epoch)
+    return dict(final, step=int(jax.device_get(state.step)),
+                steps_per_epoch=trainer.steps_per_epoch)
 
 
 def latest_state(config, workdir):
