@@ -15,7 +15,7 @@ reduction, and the main path keeps its two 3x3 convs.
 """
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
