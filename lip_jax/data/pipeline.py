@@ -40,7 +40,7 @@ def train_batches(source: Sequence, transform: Callable, global_batch: int, *, s
     """
     local = _local_batch(global_batch, process_count)
     stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-    stream = stream.random_map(lambda example, rng: transform(example, rng))
+    stream = stream.random_map(transform)
     batches = stream[process_index::process_count].batch(local, drop_remainder=True)
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * local)
     return iter(batches[start_step:].to_iter_dataset(options))
