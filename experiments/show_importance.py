@@ -15,7 +15,6 @@ import jax
 import numpy as np
 from PIL import Image
 
-from lip_jax import data
 from lip_jax.importance import importance_maps
 from lip_jax.train.config import read_config
 from lip_jax.train.loop import latest_state
@@ -40,8 +39,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = read_config(args.workdir / "config.json")
     trainer, state = latest_state(config, args.workdir)
-    source, transform = data.eval_split(config)
-    examples = [transform(source[i]) for i in range(args.images)]
+    examples = [trainer.eval_transform(trainer.eval_source[i]) for i in range(args.images)]
     images = np.stack([e["image"] for e in examples])
     variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     maps = jax.device_get(importance_maps(

@@ -10,6 +10,12 @@ from lip_jax import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_experiment(script, monkeypatch, *args):
+    """Runs experiments/`script` as `python experiments/script args...`."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    runpy.run_path(str(ROOT / "experiments" / script), run_name="__main__")
+
+
 def test_demo_reports_special_cases(capsys):
     cli.main(["demo"])
     lines = capsys.readouterr().out.splitlines()
@@ -21,9 +27,8 @@ def test_demo_reports_special_cases(capsys):
 
 def test_bench_pooling_writes_json(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
-    monkeypatch.setattr(sys, "argv", ["bench_pooling.py", "--shapes", "2,8,8,4", "--reps", "1",
-                                      "--out", str(out)])
-    runpy.run_path(str(ROOT / "experiments" / "bench_pooling.py"), run_name="__main__")
+    run_experiment("bench_pooling.py", monkeypatch, "--shapes", "2,8,8,4", "--reps", "1",
+                   "--out", str(out))
     result = json.loads(out.read_text())
     impls = {row["impl"] for row in result["rows"]}
     assert {"lip_pool", "naive JAX", "flax avg_pool", "x * 1.5"} <= impls
@@ -33,9 +38,8 @@ def test_bench_pooling_writes_json(tmp_path, monkeypatch):
 
 def test_bench_models_writes_json(tmp_path, monkeypatch):
     out = tmp_path / "models.json"
-    monkeypatch.setattr(sys, "argv", ["bench_models.py", "--pairs", "lip_cnn:cnn", "--reps", "1",
-                                      "--out", str(out)])
-    runpy.run_path(str(ROOT / "experiments" / "bench_models.py"), run_name="__main__")
+    run_experiment("bench_models.py", monkeypatch, "--pairs", "lip_cnn:cnn", "--reps", "1",
+                   "--out", str(out))
     result = json.loads(out.read_text())
     (pair,) = result["pairs"]
     assert pair["lip"] == "lip_cnn" and pair["throughput_ratio"] > 0

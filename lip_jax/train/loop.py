@@ -53,6 +53,7 @@ class Trainer:
                 raise ValueError(f"config.{field} = {config[field]} is not divisible by the "
                                  f"{len(devices)} devices")
         self.train_source, self.train_transform = data.train_split(config)
+        self.eval_source, self.eval_transform = data.eval_split(config)
         self.steps_per_epoch = max(1, len(self.train_source) // config.batch_size)
         self.total_steps = (config.max_steps if config.max_steps > 0
                             else math.ceil(config.num_epochs * self.steps_per_epoch))
@@ -104,10 +105,9 @@ class Trainer:
 
     def evaluate(self, state) -> dict:
         """Top-1/top-5 accuracy and loss over the whole eval split, each example once."""
-        source, transform = data.eval_split(self.config)
         totals = None
         for batch in data.pipeline.eval_batches(
-                source, transform, self.config.eval_batch_size,
+                self.eval_source, self.eval_transform, self.config.eval_batch_size,
                 process_index=jax.process_index(), process_count=jax.process_count(),
                 num_threads=self.config.num_threads):
             sums = self.eval_step(state, self.global_batch(batch))
