@@ -39,8 +39,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = read_config(args.workdir / "config.json")
     trainer, state = latest_state(config, args.workdir)
-    examples = [trainer.eval_transform(trainer.eval_source[i]) for i in range(args.images)]
-    images = np.stack([e["image"] for e in examples])
+    images = next(trainer.input.eval_batches(args.images, 0, 1))["image"]
     variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     maps = jax.device_get(importance_maps(
         trainer.model, variables, normalize(images, trainer.info.mean, trainer.info.std),

@@ -27,8 +27,7 @@ def data_dir(tmp_path_factory):
 
 
 def _batch(trainer, step=0):
-    batches = pipeline.train_batches(trainer.train_source, trainer.train_transform,
-                                     trainer.config.batch_size, seed=0, start_step=step)
+    batches = trainer.input.train_batches(step, 0, 1)
     return trainer.global_batch(next(batches))
 
 

@@ -1,13 +1,36 @@
-"""Datasets by name: what the training loop reads."""
+"""Datasets by name: what the training loop reads.
+
+`DATASETS` holds each dataset's facts; `input_pipeline(config)` returns the object the loop
+iterates (`InputPipeline`): any format, one interface.
+"""
+
+from collections.abc import Iterator
+from typing import Protocol
 
 from lip_jax.data import fashion_mnist, imagenet, pipeline
-from lip_jax.data.pipeline import DatasetInfo
+from lip_jax.data.pipeline import DatasetInfo, GrainInput
 
-_INFO = {"fashion_mnist": fashion_mnist.INFO, "imagenet2012": imagenet.INFO}
+DATASETS = {"fashion_mnist": fashion_mnist.INFO, "imagenet2012": imagenet.INFO}
+
+
+class InputPipeline(Protocol):
+    """One dataset's training and evaluation input for this process."""
+
+    num_train: int  # examples in the training split (an epoch)
+
+    def train_batches(self, start_step: int, process_index: int,
+                      process_count: int) -> Iterator[dict]:
+        """This process's rows of global batches `start_step, start_step + 1, ...`:
+        `{"image": uint8 (B/P, H, W, C), "label": int (B/P,)}`, forever."""
+
+    def eval_batches(self, global_batch: int, process_index: int,
+                     process_count: int) -> Iterator[dict]:
+        """One pass over the evaluation split in padded global batches, with `mask`
+        (0 on padding): every example counted once for any batch and process count."""
 
 
 def info(dataset: str) -> DatasetInfo:
-    return _INFO[dataset]
+    return DATASETS[dataset]
 
 
 def image_shape(config) -> tuple[int, int, int]:
@@ -16,20 +39,22 @@ def image_shape(config) -> tuple[int, int, int]:
     return (config.image_size, config.image_size, 3)
 
 
-def train_split(config):
-    """(random-access source, transform(example, rng)) of the training split."""
+def input_pipeline(config) -> InputPipeline:
+    """The input of `config.dataset` (read from `config.data_dir`, nothing downloaded)."""
     if config.dataset == "fashion_mnist":
-        return fashion_mnist.load("train", config.data_dir), fashion_mnist.train_transform
-    return (imagenet.source("train", config.data_dir, config.data_format),
-            imagenet.train_transform(config.image_size))
+        return GrainInput(fashion_mnist.load("train", config.data_dir),
+                          fashion_mnist.train_transform,
+                          fashion_mnist.load("test", config.data_dir),
+                          fashion_mnist.eval_transform,
+                          batch_size=config.batch_size, seed=config.seed,
+                          num_threads=config.num_threads)
+    return GrainInput(imagenet.source("train", config.data_dir, config.data_format),
+                      imagenet.train_transform(config.image_size),
+                      imagenet.source("eval", config.data_dir, config.data_format),
+                      imagenet.eval_transform(config.image_size),
+                      batch_size=config.batch_size, seed=config.seed,
+                      num_threads=config.num_threads)
 
 
-def eval_split(config):
-    """(random-access source, transform(example)) of the evaluation split."""
-    if config.dataset == "fashion_mnist":
-        return fashion_mnist.load("test", config.data_dir), fashion_mnist.eval_transform
-    return (imagenet.source("eval", config.data_dir, config.data_format),
-            imagenet.eval_transform(config.image_size))
-
-
-__all__ = ["DatasetInfo", "eval_split", "image_shape", "info", "pipeline", "train_split"]
+__all__ = ["DATASETS", "DatasetInfo", "InputPipeline", "image_shape", "info", "input_pipeline",
+           "pipeline"]

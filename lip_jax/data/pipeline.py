@@ -7,6 +7,7 @@ batch of step `s` can be produced directly: resuming at step `s` restores the da
 position exactly.
 """
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -63,3 +64,31 @@ def eval_batches(source: Sequence, transform: Callable, global_batch: int, *,
 
     batches = grain.MapDataset.range(num_batches * local).map(example).batch(local)
     return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads)))
+
+
+@dataclasses.dataclass
+class GrainInput:
+    """An `InputPipeline` over random-access sources: `train_batches`/`eval_batches` above."""
+
+    train_source: Sequence
+    train_transform: Callable
+    eval_source: Sequence
+    eval_transform: Callable
+    batch_size: int
+    seed: int
+    num_threads: int = 8
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_source)
+
+    def train_batches(self, start_step, process_index, process_count):
+        return train_batches(self.train_source, self.train_transform, self.batch_size,
+                             seed=self.seed, start_step=start_step,
+                             process_index=process_index, process_count=process_count,
+                             num_threads=self.num_threads)
+
+    def eval_batches(self, global_batch, process_index, process_count):
+        return eval_batches(self.eval_source, self.eval_transform, global_batch,
+                            process_index=process_index, process_count=process_count,
+                            num_threads=self.num_threads)

@@ -52,9 +52,8 @@ class Trainer:
             if config[field] % len(devices):
                 raise ValueError(f"config.{field} = {config[field]} is not divisible by the "
                                  f"{len(devices)} devices")
-        self.train_source, self.train_transform = data.train_split(config)
-        self.eval_source, self.eval_transform = data.eval_split(config)
-        self.steps_per_epoch = max(1, len(self.train_source) // config.batch_size)
+        self.input = data.input_pipeline(config)
+        self.steps_per_epoch = max(1, self.input.num_train // config.batch_size)
         self.total_steps = (config.max_steps if config.max_steps > 0
                             else math.ceil(config.num_epochs * self.steps_per_epoch))
         self.model = create_model(config.model, num_classes=self.info.num_classes,
@@ -106,10 +105,8 @@ class Trainer:
     def evaluate(self, state) -> dict:
         """Top-1/top-5 accuracy and loss over the whole eval split, each example once."""
         totals = None
-        for batch in data.pipeline.eval_batches(
-                self.eval_source, self.eval_transform, self.config.eval_batch_size,
-                process_index=jax.process_index(), process_count=jax.process_count(),
-                num_threads=self.config.num_threads):
+        for batch in self.input.eval_batches(self.config.eval_batch_size, jax.process_index(),
+                                             jax.process_count()):
             sums = self.eval_step(state, self.global_batch(batch))
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         totals = jax.device_get(totals)
@@ -158,10 +155,7 @@ def train_and_evaluate(config, workdir) -> dict:
     if lead:
         (workdir / "config.json").write_text(config.to_json(indent=1))
     writer = MetricsWriter(workdir, enabled=lead)
-    batches = data.pipeline.train_batches(
-        trainer.train_source, trainer.train_transform, config.batch_size, seed=config.seed,
-        start_step=start, process_index=jax.process_index(),
-        process_count=jax.process_count(), num_threads=config.num_threads)
+    batches = trainer.input.train_batches(start, jax.process_index(), jax.process_count())
     eval_every = max(1, int(config.eval_every_epochs * trainer.steps_per_epoch))
     progress = Progress(start, trainer.total_steps, config.batch_size, enabled=lead)
     preemption = _Preemption()
