@@ -144,6 +144,8 @@ def main(argv=None):
     maps = jax.device_get(importance_maps(
         trainer.model, variables, normalize(images, trainer.info.mean, trainer.info.std),
         args.normalize))
+    if not maps:
+        parser.error(f"{config.model} has no LIP layer: no importance to show")
     figure(np.asarray(images, np.float64), maps, args.scale, args.normalize).save(args.out)
     print(f"wrote {args.out}: {len(images)} images x [input, {', '.join(maps)}] "
           f"(step {int(state.step)})")

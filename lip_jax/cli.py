@@ -22,6 +22,11 @@ PREEMPTED_EXIT = 3
 PAPER = {"lip_resnet50": (23.9, 5.33), "lip_resnet101": (42.9, 9.06),
          "lip_densenet121": (8.7, 4.13), "resnet50": (25.6, 4.12), "resnet101": (44.5, 7.85),
          "densenet121": (8.0, 2.88)}
+WORKDIR_HELP = {
+    "train": "the run's directory (a local path or gs://...): checkpoints, config.json and "
+             "metrics.jsonl go there; a rerun resumes from it",
+    "eval": "a `lip-jax train` work directory: its config.json is the base config and its "
+            "newest checkpoint is evaluated"}
 INPUT_SHAPE = {"lip_cnn": (28, 28, 1), "cnn": (28, 28, 1)}  # others: (224, 224, 3)
 
 
@@ -177,11 +182,6 @@ def parser() -> argparse.ArgumentParser:
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = main_parser.add_subparsers(dest="command", required=True)
     epilog = _config_fields()
-    workdir_help = {
-        "train": "the run's directory (a local path or gs://...): checkpoints, config.json "
-                 "and metrics.jsonl go there; a rerun resumes from it",
-        "eval": "a `lip-jax train` work directory: its config.json is the base config and "
-                "its newest checkpoint is evaluated"}
     for name, run in (("train", train), ("eval", evaluate)):
         p = commands.add_parser(
             name, help=run.__doc__.splitlines()[0], description=run.__doc__, epilog=epilog,
@@ -189,7 +189,7 @@ def parser() -> argparse.ArgumentParser:
             usage=f"lip-jax {name} [--config FILE] --workdir DIR [--config.field=value ...]")
         p.add_argument("--config", metavar="FILE", help="a Python file with get_config() "
                        "(see experiments/configs/); default: the offline Fashion-MNIST job")
-        p.add_argument("--workdir", metavar="DIR", required=True, help=workdir_help[name])
+        p.add_argument("--workdir", metavar="DIR", required=True, help=WORKDIR_HELP[name])
         p.set_defaults(run=run)
     p = commands.add_parser("convert", help=convert.__doc__, description=convert.__doc__,
                             parents=[common])

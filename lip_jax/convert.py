@@ -218,24 +218,16 @@ def _as_numpy(key: str, value) -> np.ndarray:
     return value
 
 
-def _dotted_prefix(keys) -> str:
-    """The longest common prefix of `keys` that ends at a dot ("" if none)."""
-    common = os.path.commonprefix(list(keys))
-    return common[:common.rfind(".") + 1]
-
-
-def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
-    """A sentence when a prefix added to or missing from every key explains the mismatch."""
-    prefix = _dotted_prefix(unexpected)
-    if prefix and any(k[len(prefix):] in missing for k in unexpected):
-        return f"every unexpected key starts with {prefix!r}; strip it"
-    prefix = _dotted_prefix(missing)
-    if prefix and any(prefix + k in missing for k in unexpected):
-        return f"every missing key starts with {prefix!r}, which the given keys lack"
+def _prefix_hint(unexpected: list[str], known: set[str]) -> str:
+    """A sentence when a prefix on every unexpected key explains the mismatch."""
+    common = os.path.commonprefix(unexpected)
+    prefix = common[:common.rfind(".") + 1]
+    if prefix and any(k[len(prefix):] in known for k in unexpected):
+        return f"every unexpected key starts with {prefix!r}; the model's keys do not"
     return ""
 
 
-def _mismatch_report(name, missing, unexpected, misshaped, shown=5) -> str:
+def _mismatch_report(name, missing, unexpected, misshaped, known, shown=5) -> str:
     """A few keys of each kind of problem, with counts, and a prefix hint."""
     lines = [f"state_dict does not fit {name}:"]
     for kind, items in (("missing key", missing), ("unexpected key", unexpected),
@@ -244,7 +236,7 @@ def _mismatch_report(name, missing, unexpected, misshaped, shown=5) -> str:
             more = f" (and {len(items) - shown} more)" if len(items) > shown else ""
             lines.append(f"  {len(items)} {kind}{'s' * (len(items) > 1)}: "
                          + ", ".join(items[:shown]) + more)
-    hint = _prefix_hint(missing, unexpected)
+    hint = _prefix_hint(unexpected, known)
     return "\n".join(lines + ([f"  {hint}"] if hint else []))
 
 
@@ -258,11 +250,11 @@ def from_torch_state_dict(name: str, state_dict, **model_kw) -> dict:
     keys (a few of each, with counts), non-float dtypes and NaN/inf values.
     `model_kw` go to `create_model` (e.g. `num_classes`).
     """
+    given = {k: v for k, v in official_state_dict(state_dict).items()
+             if not k.endswith("num_batches_tracked")}
     model = create_model(name, **model_kw)
     table = key_table(model)
     expected = abstract_variables(model)
-    given = {k: v for k, v in official_state_dict(state_dict).items()
-             if not k.endswith("num_batches_tracked")}
     known = {e.torch_key for e in table}
     missing = [e.torch_key for e in table if e.torch_key not in given]
     unexpected = [k for k in given if k not in known]
@@ -283,7 +275,7 @@ def from_torch_state_dict(name: str, state_dict, **model_kw) -> dict:
             node = node.setdefault(part, {})
         node[entry.path[-1]] = _to_flax(entry.kind, value).astype(target.dtype)
     if missing or unexpected or misshaped:
-        raise CheckpointError(_mismatch_report(name, missing, unexpected, misshaped))
+        raise CheckpointError(_mismatch_report(name, missing, unexpected, misshaped, known))
     return variables
 
 
