@@ -6,9 +6,9 @@
     lip-jax models [--pool NAME]
     lip-jax demo
 
-A mistake in what was asked (a config field, a model name, a missing or locked file)
-prints one line, `lip-jax: error: ...`, and exits with status 2; `--verbose` adds the
-traceback and the libraries' logs. A run stopped by SIGTERM or SIGINT saves a checkpoint
+A mistake in what was asked (a config field, a model name, a missing or locked file) or
+a non-finite loss prints one line, `lip-jax: error: ...`, and exits with status 2;
+`--verbose` adds the traceback and the libraries' logs. A run stopped by SIGTERM or SIGINT saves a checkpoint
 and exits with status 3: the same command resumes it.
 """
 
@@ -32,12 +32,13 @@ INPUT_SHAPE = {"lip_cnn": (28, 28, 1), "cnn": (28, 28, 1)}  # others: (224, 224,
 
 def is_user_error(error: BaseException) -> bool:
     """True for an OSError (a missing, unreadable or locked file or directory) and for a
-    ValueError raised by a `raise` statement of lip_jax itself: its checks of config
-    fields, names, data and checkpoint files. Anything else, a ValueError raised inside a
-    library included, is a bug and keeps its traceback."""
+    ValueError or FloatingPointError raised by a `raise` statement of lip_jax itself: its
+    checks of config fields, names, data and checkpoint files, and its guard against a
+    non-finite loss. Anything else, a ValueError raised inside a library included, is a bug
+    and keeps its traceback."""
     if isinstance(error, OSError):
         return True
-    if not isinstance(error, ValueError) or error.__traceback__ is None:
+    if not isinstance(error, (ValueError, FloatingPointError)) or error.__traceback__ is None:
         return False
     tb = error.__traceback__
     while tb.tb_next is not None:

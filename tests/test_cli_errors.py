@@ -12,6 +12,7 @@ from lip_jax import cli
 from lip_jax.models import create_model
 from lip_jax.train import loop, steps
 from lip_jax.train.config import describe_config
+from train_helpers import make_fashion_mnist, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +54,13 @@ def test_config_fields_and_model_names_get_suggestions(tmp_path, capsys):
     line = user_error(capsys, "train", "--workdir", tmp_path / "run",
                       "--config.model=lip_resnet5")
     assert "did you mean" in line and "lip_resnet50" in line
+
+
+def test_a_non_finite_loss_stops_with_one_line(tmp_path, capsys):
+    overrides = tiny_overrides(make_fashion_mnist(tmp_path / "data"), max_steps=3,
+                               learning_rate=1e30)
+    line = user_error(capsys, "train", "--workdir", tmp_path / "run", *overrides)
+    assert "at step 2" in line
 
 
 def test_eval_of_a_mistyped_workdir_is_one_line_and_creates_nothing(tmp_path, capsys):
