@@ -9,7 +9,8 @@
 A mistake in what was asked (a config field, a model name, a missing or locked file) or
 a non-finite loss prints one line, `lip-jax: error: ...`, and exits with status 2;
 `--verbose` adds the traceback and the libraries' logs. A run stopped by SIGTERM or SIGINT saves a checkpoint
-and exits with status 3: the same command resumes it.
+and exits with status 75 (EX_TEMPFAIL, so that schedulers retry): the same command resumes
+it.
 """
 
 import argparse
@@ -18,7 +19,6 @@ import logging
 import sys
 
 USER_ERROR_EXIT = 2  # as argparse's own usage errors
-PREEMPTED_EXIT = 3
 PAPER = {"lip_resnet50": (23.9, 5.33), "lip_resnet101": (42.9, 9.06),
          "lip_densenet121": (8.7, 4.13), "resnet50": (25.6, 4.12), "resnet101": (44.5, 7.85),
          "densenet121": (8.0, 2.88)}
@@ -74,15 +74,11 @@ def train(args, overrides):
     """Trains (and evaluates) a config in a work directory; resumes if it holds checkpoints."""
     import time
 
-    from lip_jax.train.loop import Preempted, initialize_distributed, train_and_evaluate
+    from lip_jax.train.loop import initialize_distributed, train_and_evaluate
     config = _config(args, overrides)
     initialize_distributed(config)
     start = time.time()
-    try:
-        result = train_and_evaluate(config, args.workdir)
-    except Preempted as stop:
-        print(f"lip-jax: stopped ({stop}); the same command resumes the run", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT)
+    result = train_and_evaluate(config, args.workdir)  # a signal: exit 75 (loop.Preempted)
     result["wall_time_s"] = time.time() - start
     print(f"{config.model} on {config.dataset}, work directory {args.workdir}:")
     print(_table(result))
@@ -99,7 +95,8 @@ def evaluate(args, overrides):
     """Evaluates the newest checkpoint of a work directory (or config.init_from weights)
     with the run's own config.json, updated by --config FILE and --config.field=value."""
     from lip_jax.train.loop import evaluate_checkpoint, initialize_distributed
-    config = _config(args, overrides, base=run_config(args.workdir))
+    base = run_config(args.workdir)
+    config = _config(args, overrides, base=base and str(base))
     initialize_distributed(config)
     result = evaluate_checkpoint(config, args.workdir)
     print(f"{config.model} on {config.dataset}, work directory {args.workdir}:")
@@ -172,7 +169,7 @@ def _config_fields() -> str:
         from lip_jax.train.config import describe_config
     except ImportError:  # ml_collections comes with the train extra
         return "Install lip-jax[train] to train; `lip-jax train --help` then lists the fields."
-    return "config fields (--config.field=value; defaults first):\n" + describe_config()
+    return "config fields (--config.field=value), defaults and meanings:\n" + describe_config()
 
 
 def parser() -> argparse.ArgumentParser:
