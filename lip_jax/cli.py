@@ -84,19 +84,18 @@ def train(args, overrides):
     print(_table(result))
 
 
-def run_config(workdir):
-    """`workdir/config.json` if a run wrote one there, else None."""
+def run_config(workdir) -> str | None:
+    """The path of `workdir/config.json` if a run wrote one there, else None."""
     from etils import epath
     path = epath.Path(workdir) / "config.json"
-    return path if path.exists() else None
+    return str(path) if path.exists() else None
 
 
 def evaluate(args, overrides):
     """Evaluates the newest checkpoint of a work directory (or config.init_from weights)
     with the run's own config.json, updated by --config FILE and --config.field=value."""
     from lip_jax.train.loop import evaluate_checkpoint, initialize_distributed
-    base = run_config(args.workdir)
-    config = _config(args, overrides, base=base and str(base))
+    config = _config(args, overrides, base=run_config(args.workdir))
     initialize_distributed(config)
     result = evaluate_checkpoint(config, args.workdir)
     print(f"{config.model} on {config.dataset}, work directory {args.workdir}:")
