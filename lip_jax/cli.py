@@ -206,20 +206,22 @@ def parser() -> argparse.ArgumentParser:
     return main_parser
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+def _quiet_libraries(verbose: bool) -> None:
     logging.getLogger("jax").setLevel(logging.INFO if verbose else logging.WARNING)
     for library in ("absl", "orbax"):  # orbax logs ~100 lines about a failed restore
         logging.getLogger(library).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def main(argv=None):
+    # First: absl configures the root logger itself at its first message (orbax logs at
+    # import), and then this would do nothing.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
     main_parser = parser()
     args, overrides = main_parser.parse_known_args(argv)
     if overrides and args.command not in ("train", "eval"):
         main_parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-    _setup_logging(args.verbose)
+    _quiet_libraries(args.verbose)
     try:
         args.run(args, overrides)
     except Exception as error:

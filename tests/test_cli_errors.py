@@ -90,6 +90,17 @@ def test_verbose_shows_the_traceback_and_quiet_does_not(tmp_path):
     assert err.rstrip().endswith("config.batch_size = 0: must be > 0")
 
 
+def test_a_run_logs_its_progress_and_ends_with_a_table(tmp_path):
+    """As a program (no pytest logging), status lines reach stderr: the root logger is set
+    up before any library configures it."""
+    data = make_fashion_mnist(tmp_path / "data")
+    status, out, err = run_cli("train", "--workdir", tmp_path / "run",
+                               *tiny_overrides(data, max_steps=2))
+    assert status == 0, err
+    assert " INFO step 2/2: loss " in err
+    assert "\n  eval_count       103\n" in out
+
+
 def _raise(error):
     raise error
 
