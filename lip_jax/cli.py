@@ -8,9 +8,9 @@
 
 A mistake in what was asked (a config field, a model name, a missing or locked file) or
 a non-finite loss prints one line, `lip-jax: error: ...`, and exits with status 2;
-`--verbose` adds the traceback and the libraries' logs. A run stopped by SIGTERM or SIGINT saves a checkpoint
-and exits with status 75 (EX_TEMPFAIL, so that schedulers retry): the same command resumes
-it.
+`--verbose` adds the traceback and the libraries' logs. A run stopped by SIGTERM or
+SIGINT saves a checkpoint and exits with status 75 (EX_TEMPFAIL: schedulers retry it);
+the same command resumes it.
 """
 
 import argparse
@@ -92,8 +92,7 @@ def run_config(workdir) -> str | None:
 
 
 def evaluate(args, overrides):
-    """Evaluates the newest checkpoint of a work directory (or config.init_from weights)
-    with the run's own config.json, updated by --config FILE and --config.field=value."""
+    """Evaluates a run's newest checkpoint (or init_from weights) with its config.json."""
     from lip_jax.train.loop import evaluate_checkpoint, initialize_distributed
     config = _config(args, overrides, base=run_config(args.workdir))
     initialize_distributed(config)
@@ -114,8 +113,7 @@ def convert(args, overrides):
 
 
 def models(args, overrides):
-    """Parameters and multiply-adds (XLA's cost analysis) of every model at its own input
-    size, beside the paper's."""
+    """Every model's parameters and multiply-adds at its own input size, and the paper's."""
     import jax
     import jax.numpy as jnp
 
@@ -181,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
     epilog = _config_fields()
     for name, run in (("train", train), ("eval", evaluate)):
         p = commands.add_parser(
-            name, help=run.__doc__.splitlines()[0], description=run.__doc__, epilog=epilog,
+            name, help=run.__doc__, description=run.__doc__, epilog=epilog,
             parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
             usage=f"lip-jax {name} [--config FILE] --workdir DIR [--config.field=value ...]")
         p.add_argument("--config", metavar="FILE", help="a Python file with get_config() "
@@ -195,8 +193,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", required=True, help="where to write the weights")
     p.add_argument("--num-classes", type=int, default=1000)
     p.set_defaults(run=convert)
-    p = commands.add_parser("models", help=models.__doc__.splitlines()[0],
-                            description=models.__doc__, parents=[common])
+    p = commands.add_parser("models", help=models.__doc__, description=models.__doc__,
+                            parents=[common])
     p.add_argument("--pool", help="build every model with this pooling (create_model's pool=)")
     p.set_defaults(run=models)
     p = commands.add_parser("demo", help=demo.__doc__, description=demo.__doc__,
