@@ -1,13 +1,17 @@
 """Configs: types, values and unknown fields refused at load time, naming the field and
-file; a run's config.json as a base; the field table behind `lip-jax train --help`."""
+file; a run's config.json as a base; the field table behind `lip-jax train --help`; a
+dataset whose files disagree refused at load."""
 
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from lip_jax.data import fashion_mnist
 from lip_jax.train.config import (FIELDS, default_config, describe_config, load_config,
                                   read_config)
+from train_helpers import make_fashion_mnist, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,3 +125,11 @@ def test_paper_recipes_use_groups_of_32_images_and_the_default_job_the_whole_bat
         config = load_config(str(path), [])
         assert config.bn_group_size == 32 and config.batch_size % 32 == 0, path
     assert load_config(str(ROOT / "experiments/configs/fashion_mnist.py"), []).bn_group_size == 0
+
+
+def test_fashion_mnist_images_and_labels_that_disagree_in_count_name_both_files(tmp_path):
+    make_fashion_mnist(tmp_path, num_train=32, num_test=8)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(7))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz holds 8 images but "
+                                         r".*t10k-labels-idx1-ubyte.gz holds 7 labels"):
+        fashion_mnist.load("test", str(tmp_path))

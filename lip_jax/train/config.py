@@ -82,18 +82,7 @@ def load_config(path: str | None, overrides: list[str],
     if path:
         _update(values, _get_config(path), path)
     for item in overrides:
-        if not item.startswith("--config.") or "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form --config.field=value")
-        field, text = item[len("--config."):].split("=", 1)
-        name, *key = field.split(".", 1)
-        value = _literal(text)
-        if isinstance(DEFAULTS.get(name), str) and not isinstance(value, str):
-            value = text  # a text field takes the text as it is: --config.data_dir=2024
-        if key and name == "model_kwargs":  # --config.model_kwargs.width=8
-            value = {**values[name], key[0]: value}
-        elif key:
-            raise ValueError(f"config.{name} has no field {key[0]!r}")
-        _update(values, {name: value}, "the command line")
+        _update(values, _override(item, values), "the command line")
     if len(values["profile_steps"]) == 1:  # --config.profile_steps=N traces step N
         values["profile_steps"] *= 2
     config = ml_collections.ConfigDict(values)
@@ -120,7 +109,29 @@ def _get_config(path: str) -> dict:
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path} defines no get_config()")
     config = module.get_config()
-    return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    if isinstance(config, ml_collections.ConfigDict):
+        return config.to_dict()
+    if not isinstance(config, dict):
+        raise ValueError(f"get_config() of {path} returned {type(config).__name__}, not a "
+                         "ConfigDict or dict")
+    return config
+
+
+def _override(item: str, values: dict) -> dict:
+    """`--config.field=value` as `{field: value}`; `--config.model_kwargs.key=value` sets one
+    create_model argument."""
+    if not item.startswith("--config.") or "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form --config.field=value")
+    field, text = item[len("--config."):].split("=", 1)
+    name, *key = field.split(".", 1)
+    value = _literal(text)
+    if isinstance(DEFAULTS.get(name), str) and not isinstance(value, str):
+        value = text  # a text field takes the text as it is: --config.data_dir=2024
+    if key and name == "model_kwargs":
+        value = {**values[name], key[0]: value}
+    elif key:
+        raise ValueError(f"config.{name} has no field {key[0]!r}")
+    return {name: value}
 
 
 def _literal(text: str):
