@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("modle=lip_cnn", r"unknown config field 'modle' in the command line \(did you mean "
                       r"'model'\?\); `lip-jax train --help` lists the fields"),
     ("dtype.kind=1", r"config.dtype has no field 'kind'"),
+    ("model=lip_resnet5", r"config.model = 'lip_resnet5': unknown model \(did you mean "
+                          r"'lip_resnet50'\?\); known: "),
 ])
 def test_bad_values_are_refused_at_load_naming_the_field(override, message):
     with pytest.raises(ValueError, match=message):

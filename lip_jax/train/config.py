@@ -10,6 +10,7 @@ from pathlib import Path
 
 import ml_collections
 
+from lip_jax.data import DATASETS
 from lip_jax.models import list_models
 
 FIELDS = (
@@ -149,9 +150,8 @@ def _update(values: dict, new: dict, source: str) -> None:
     ValueError naming `source` for an unknown field or a value of the wrong type."""
     for name, value in new.items():
         if name not in DEFAULTS:
-            close = difflib.get_close_matches(name, DEFAULTS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown config field {name!r} in {source}{hint}; {HELP}")
+            raise ValueError(f"unknown config field {name!r} in {source}"
+                             f"{_did_you_mean(name, DEFAULTS)}; {HELP}")
         converted = _convert(DEFAULTS[name], value)
         if converted is None:
             raise ValueError(f"config.{name} = {value!r} (from {source}): must be "
@@ -181,6 +181,11 @@ def _convert(default, value):
     return None
 
 
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -188,10 +193,11 @@ def _is_number(value) -> bool:
 def check_config(c: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad field; runs before anything compiles."""
     checks = [
-        ("model", c.model in list_models(), f"unknown model; known: {', '.join(list_models())}"),
+        ("model", c.model in list_models(),
+         f"unknown model{_did_you_mean(c.model, list_models())}; known: "
+         f"{', '.join(list_models())}"),
         ("dtype", c.dtype in ("float32", "bfloat16"), 'must be "float32" or "bfloat16"'),
-        ("dataset", c.dataset in ("fashion_mnist", "imagenet2012"),
-         'must be "fashion_mnist" or "imagenet2012"'),
+        ("dataset", c.dataset in DATASETS, f"must be one of {', '.join(map(repr, DATASETS))}"),
         ("data_format", c.data_format in ("array_record", "tfrecord"),
          'must be "array_record" or "tfrecord"'),
         ("image_size", c.image_size > 0, "must be > 0"),
