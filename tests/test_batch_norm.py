@@ -119,3 +119,24 @@ def test_sharded_statistics_equal_numpy(group_size):
     np.testing.assert_allclose(y, expected[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(updates["batch_stats"]["mean"], expected[1], rtol=1e-5)
     np.testing.assert_allclose(updates["batch_stats"]["var"], expected[2], rtol=1e-5)
+
+
+def test_groups_train_like_ddp_ranks_each_with_plain_batch_norm():
+    """Loss and gradients (inputs, scale, bias) of G-groups equal those of N / G separate
+    whole-batch BatchNorms, one per group, as DDP ranks compute them; the running
+    statistics are the average of the ranks' running statistics."""
+    x = np.random.default_rng(6).normal(size=(12, 3, 3, 4)).astype(np.float32)
+    variables = _variables(4)
+    target = np.random.default_rng(7).normal(size=x.shape).astype(np.float32)
+
+    def loss(params, x, target, group_size):
+        y, updates = _train(group_size, {**variables, "params": params}, x)
+        return jnp.sum((y - target) ** 2), updates["batch_stats"]
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True), static_argnums=3)
+    (params_grad, x_grad), stats = grad(variables["params"], x, target, 4)
+    ranks = [grad(variables["params"], x[r:r + 4], target[r:r + 4], 0) for r in (0, 4, 8)]
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    jax.tree.map(close, params_grad, jax.tree.map(lambda *g: sum(g), *[g for (g, _), _ in ranks]))
+    close(x_grad, np.concatenate([g for (_, g), _ in ranks]))
+    jax.tree.map(lambda a, *r: close(a, np.mean(r, 0)), stats, *[s for _, s in ranks])
