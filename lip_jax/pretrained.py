@@ -78,20 +78,19 @@ def fit_variables(loaded: dict, fresh: dict, replaceable: set[str],
                   source) -> tuple[dict, list[str]]:
     """`loaded` where its shapes match `fresh`, `fresh` where they differ in a path of
     `replaceable` (such as the classifier for another num_classes); returns the variables
-    and the replaced paths. Raises ValueError naming every other missing, unexpected or
-    mis-shaped variable."""
-    loaded_leaves = dict(_leaves(loaded))
-    fresh_leaves = _leaves(fresh)
-    problems = [f"{p}: missing" for p, _ in fresh_leaves if p not in loaded_leaves]
-    problems += [f"{p}: unexpected" for p in loaded_leaves.keys() - dict(fresh_leaves).keys()]
-    replaced = [p for p, v in fresh_leaves
+    and the replaced paths. Raises ValueError with the count of all other missing,
+    unexpected or mis-shaped variables, naming the first five."""
+    loaded_leaves, fresh_leaves = dict(_leaves(loaded)), dict(_leaves(fresh))
+    replaced = [p for p, v in fresh_leaves.items()
                 if p in loaded_leaves and np.shape(loaded_leaves[p]) != np.shape(v)]
-    problems += [f"{p}: {np.shape(loaded_leaves[p])} vs the model's {np.shape(v)}"
-                 for p, v in fresh_leaves if p in replaced and p not in replaceable]
+    problems = ([f"{p}: missing" for p in fresh_leaves.keys() - loaded_leaves.keys()]
+                + [f"{p}: unexpected" for p in loaded_leaves.keys() - fresh_leaves.keys()]
+                + [f"{p}: {np.shape(loaded_leaves[p])} vs the model's "
+                   f"{np.shape(fresh_leaves[p])}" for p in replaced if p not in replaceable])
     if problems:
         raise ValueError(f"weights in {source} do not fit the model ({len(problems)} "
-                         f"variables): {'; '.join(problems[:5])}")
-    leaves = [v if p in replaced else loaded_leaves[p] for p, v in fresh_leaves]
+                         f"variables): {'; '.join(sorted(problems)[:5])}")
+    leaves = [v if p in replaced else loaded_leaves[p] for p, v in fresh_leaves.items()]
     return jax.tree.unflatten(jax.tree.structure(fresh), leaves), replaced
 
 
