@@ -19,7 +19,7 @@ FIELDS = (
     ("model_kwargs", {}, "extra create_model arguments: {'widths': (8, 16)}"),
     ("dtype", "float32", 'compute dtype: "float32" or "bfloat16"'),
     ("init_from", "", "start from `lip-jax convert` output or a work directory"),
-    ("dataset", "fashion_mnist", '"fashion_mnist" or "imagenet2012"'),
+    ("dataset", "fashion_mnist", " or ".join(map(repr, DATASETS))),
     ("data_dir", "", "IDX files or a TFDS data_dir (imagenet2012: TFDS)"),
     ("data_format", "array_record", 'imagenet2012 files: "array_record" or "tfrecord"'),
     ("image_size", 224, "imagenet2012 crop; eval resizes to image_size * 8 / 7"),
@@ -197,7 +197,7 @@ def check_config(c: ml_collections.ConfigDict) -> None:
          f"unknown model{_did_you_mean(c.model, list_models())}; known: "
          f"{', '.join(list_models())}"),
         ("dtype", c.dtype in ("float32", "bfloat16"), 'must be "float32" or "bfloat16"'),
-        ("dataset", c.dataset in DATASETS, f"must be one of {', '.join(map(repr, DATASETS))}"),
+        ("dataset", c.dataset in DATASETS, f"must be {' or '.join(map(repr, DATASETS))}"),
         ("data_format", c.data_format in ("array_record", "tfrecord"),
          'must be "array_record" or "tfrecord"'),
         ("image_size", c.image_size > 0, "must be > 0"),
