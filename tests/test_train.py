@@ -238,6 +238,7 @@ def test_imagenet_paper_config_trains_on_mock_tfds_data(tmp_path):
     config = load_config(str(ROOT / "experiments/configs/imagenet_lip_resnet50.py"), [
         "--config.data_dir=/nonexistent", "--config.image_size=32", "--config.batch_size=8",
         "--config.eval_batch_size=8", "--config.max_steps=2", "--config.num_threads=2",
+        "--config.bn_group_size=4",
         "--config.model_kwargs={'width': 8, 'logit_width': 8, 'stage_sizes': (1, 1, 1, 1)}"])
     with tfds.testing.mock_data(as_data_source_fn=data_source):
         result = loop.train_and_evaluate(config, tmp_path)

@@ -57,7 +57,8 @@ class Trainer:
         self.total_steps = (config.max_steps if config.max_steps > 0
                             else math.ceil(config.num_epochs * self.steps_per_epoch))
         self.model = create_model(config.model, num_classes=self.info.num_classes,
-                                  dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+                                  dtype=jnp.dtype(config.dtype),
+                                  bn_group_size=config.bn_group_size, **config.model_kwargs)
         self.schedule = make_schedule(config, self.steps_per_epoch, self.total_steps)
         self.tx = make_optimizer(config, self.schedule)
         mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
@@ -83,13 +84,20 @@ class Trainer:
                                 opt_state=self.tx.init(variables["params"]))
 
     def init_state(self) -> steps.TrainState:
-        """A fresh state (or the `init_from` weights), replicated over the mesh."""
+        """A fresh state, or the `init_from` weights with a fresh classifier where theirs
+        has another shape (another num_classes); replicated over the mesh."""
         state = jax.jit(self._fresh_state, out_shardings=self.replicated)()
         if self.config.init_from:
-            variables = pretrained.load_variables(self.config.init_from, self.config.model,
-                                                  like=state)
+            fresh = {"params": state.params, "batch_stats": state.batch_stats}
+            classifier = pretrained.classifier_paths(self.model, data.image_shape(self.config))
+            variables, replaced = pretrained.fit_variables(
+                pretrained.load_variables(self.config.init_from, self.config.model), fresh,
+                classifier, self.config.init_from)
             state = state.replace(**jax.device_put(variables, self.replicated))
             log.info("initialised from %s", self.config.init_from)
+            if replaced:
+                log.info("re-initialised the classifier (another num_classes): %s",
+                         ", ".join(replaced))
         return state
 
     def abstract_state(self):
