@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from lip_jax.data import fashion_mnist, imagenet, pipeline
-from lip_jax.data.pipeline import DatasetInfo, GrainInput
+from lip_jax.data.pipeline import DatasetInfo, GrainInput, prefetch_to_device
 
 DATASETS = {"fashion_mnist": fashion_mnist.INFO, "imagenet2012": imagenet.INFO}
 
@@ -47,14 +47,9 @@ def input_pipeline(config) -> InputPipeline:
                           fashion_mnist.load("test", config.data_dir),
                           fashion_mnist.eval_transform,
                           batch_size=config.batch_size, seed=config.seed,
-                          num_threads=config.num_threads)
-    return GrainInput(imagenet.source("train", config.data_dir, config.data_format),
-                      imagenet.train_transform(config.image_size),
-                      imagenet.source("eval", config.data_dir, config.data_format),
-                      imagenet.eval_transform(config.image_size),
-                      batch_size=config.batch_size, seed=config.seed,
-                      num_threads=config.num_threads)
+                          num_threads=config.num_threads, num_workers=config.num_workers)
+    return imagenet.input_pipeline(config)
 
 
 __all__ = ["DATASETS", "DatasetInfo", "InputPipeline", "image_shape", "info", "input_pipeline",
-           "pipeline"]
+           "pipeline", "prefetch_to_device"]

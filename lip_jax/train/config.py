@@ -23,6 +23,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data_format = "array_record"  # imagenet2012 files: "array_record" (grain) or "tfrecord"
     c.image_size = 224  # imagenet2012 crop size (eval resizes to image_size * 8 / 7)
     c.num_threads = 8  # input worker threads per process
+    c.num_workers = 0  # input worker processes per process (grain), each with num_threads
 
     c.batch_size = 64  # global, across all devices and hosts
     c.eval_batch_size = 500
