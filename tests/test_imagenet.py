@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from lip_jax import data
-from lip_jax.data import imagenet, pipeline
+from lip_jax.data import imagenet, imagenet_fake, pipeline
 from lip_jax.train import loop
 from lip_jax.train.config import load_config
-from imagenet_helpers import WITHOUT_TENSORFLOW, build_imagenet, jpeg, write_manual_dir
 
 pytest.importorskip("tensorflow", reason="building imagenet2012 with TFDS needs the [tf] extra")
 
@@ -25,12 +24,29 @@ CONFIG = str(ROOT / "experiments/configs/imagenet_lip_resnet50.py")
 FORMATS = ("array_record", "tfrecord")
 NUM_TRAIN, NUM_VAL = 12, 7  # 3 classes x 4; no batch size below divides 7
 
+# Prepended to a script: TensorFlow hidden from imports as on a machine without the [tf]
+# extra (`importlib.util.find_spec("tensorflow")` is None, as TFDS and etils check).
+WITHOUT_TENSORFLOW = """
+import sys
+
+class HideTensorflow:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] != "tensorflow":
+            return self.finder.find_spec(name, path, target)
+
+sys.meta_path[:] = [HideTensorflow(finder) for finder in sys.meta_path]
+"""
+
 
 @pytest.fixture(scope="session")
 def data_dirs(tmp_path_factory):
     """{file_format: TFDS data_dir}, built once per pytest worker (each has its own tmp)."""
-    manual = write_manual_dir(tmp_path_factory.mktemp("manual"), per_class=4, num_val=NUM_VAL)
-    return {f: build_imagenet(tmp_path_factory.mktemp(f), manual, f) for f in FORMATS}
+    manual = imagenet_fake.write_manual_dir(tmp_path_factory.mktemp("manual"), num_classes=3,
+                                            per_class=4, num_val=NUM_VAL)
+    return {f: imagenet_fake.build(tmp_path_factory.mktemp(f), manual, f) for f in FORMATS}
 
 
 def _config(data_dir, data_format, **fields):
@@ -119,7 +135,7 @@ def _full_decode_crop(data_, box, size):
 
 def test_jpeg_decoded_at_reduced_size_only_when_the_crop_allows():
     from PIL import Image
-    data_ = jpeg(0, 400, 300)
+    data_ = imagenet_fake.jpeg(0, 400, 300)
     small_box = (150, 100, 100, 90)  # half size would leave 50 x 45 pixels < 64: full decode
     np.testing.assert_array_equal(
         imagenet.resized_crop(Image.open(io.BytesIO(data_)), small_box, 64),
@@ -136,7 +152,7 @@ def test_inception_crop_boxes_and_transform_shapes():
         for _ in range(20):
             left, top, w, h = imagenet.inception_crop(*size, rng)
             assert 0 <= left and left + w <= size[0] and 0 <= top and top + h <= size[1]
-    example = {"image": jpeg(0, 37, 90), "label": 3}
+    example = {"image": imagenet_fake.jpeg(0, 37, 90), "label": 3}
     assert imagenet.train_transform(64)(example, rng)["image"].shape == (64, 64, 3)
     assert imagenet.eval_transform(64)(example)["image"].shape == (64, 64, 3)
 
