@@ -138,10 +138,10 @@ def test_jpeg_decoded_at_reduced_size_only_when_the_crop_allows():
     data_ = imagenet_fake.jpeg(0, 400, 300)
     small_box = (150, 100, 100, 90)  # half size would leave 50 x 45 pixels < 64: full decode
     np.testing.assert_array_equal(
-        imagenet.resized_crop(Image.open(io.BytesIO(data_)), small_box, 64),
+        np.asarray(imagenet.resized_crop(Image.open(io.BytesIO(data_)), small_box, 64)),
         _full_decode_crop(data_, small_box, 64))
     whole = (0, 0, 400, 300)  # decoded at 1/4 size (100 x 75): close to, not equal to, full
-    reduced = imagenet.resized_crop(Image.open(io.BytesIO(data_)), whole, 64).astype(float)
+    reduced = np.asarray(imagenet.resized_crop(Image.open(io.BytesIO(data_)), whole, 64), float)
     difference = np.abs(reduced - _full_decode_crop(data_, whole, 64))
     assert 0 < difference.mean() < 2
 

@@ -88,9 +88,9 @@ def inception_crop(width: int, height: int, rng: np.random.Generator,
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def resized_crop(image, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+def resized_crop(image, box: tuple[int, int, int, int], size: int):
     """The `box` (left, top, width, height) of a just-opened (not yet decoded) Pillow image,
-    resized to (size, size, 3) uint8.
+    resized to (size, size) as an RGB Pillow image.
 
     A JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale (Pillow `draft`, done in the
     DCT) at which the box still spans at least `size` pixels each way, so the resize never
@@ -101,9 +101,10 @@ def resized_crop(image, box: tuple[int, int, int, int], size: int) -> np.ndarray
     left, top, w, h = box
     image.draft("RGB", (math.ceil(full_width * size / w), math.ceil(full_height * size / h)))
     sx, sy = image.size[0] / full_width, image.size[1] / full_height
-    image = image.convert("RGB").resize(
-        (size, size), Image.BILINEAR, box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
-    return np.asarray(image)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image.resize((size, size), Image.BILINEAR,
+                        box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
 
 
 def train_transform(size: int):
@@ -111,10 +112,10 @@ def train_transform(size: int):
     def transform(example, rng):
         from PIL import Image
         image = Image.open(io.BytesIO(example["image"]))
-        array = resized_crop(image, inception_crop(*image.size, rng), size)
+        image = resized_crop(image, inception_crop(*image.size, rng), size)
         if rng.random() < 0.5:
-            array = array[:, ::-1]
-        return {"image": np.ascontiguousarray(array), "label": int(example["label"])}
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return {"image": np.asarray(image), "label": int(example["label"])}
     return transform
 
 

@@ -1,14 +1,16 @@
 """imagenet2012 prepared by TFDS in tfrecord format, read through tf.data (the `[tf]` extra).
 
-Training: process `p` of `P` reads records `[p*N//P, (p+1)*N//P)` of its own share
-(`tfds.even_splits`, remainder dropped) and makes `N // B` batches of every epoch, the same
-count as the array_record path. Epoch `e` is ordered by `(seed, e, p)` alone (shuffled
-files, then a shuffle buffer of 16 batches) and augmented with stateless randomness tied to
-the record's position in the epoch, so the stream is reproducible and resuming at step `s`
-is exact: epoch `s // (N // B)` is rebuilt and its consumed records are skipped before
-decoding (read, not decoded). The Inception crop is decoded fused
-(`tf.image.decode_and_crop_jpeg`). Evaluation decodes with the Pillow code of the
-array_record path (`imagenet.eval_image`), so both formats evaluate on identical images.
+Training: process `p` of `P` reads its own `N // P` records (`tfds.even_splits`, remainder
+dropped) and makes `N // B` batches of each epoch, as many as the array_record path. Epoch
+`e` is ordered by `(seed, e, p)` alone (shuffled files, then a shuffle buffer of 16
+batches) and augmented with stateless randomness tied to the record's position in the
+epoch, so the stream is reproducible and resuming at step `s` is exact: epoch `s // (N // B)`
+is rebuilt and its consumed records are skipped before decoding (read, not decoded). The
+Inception crop (the area and ratio ranges of the array_record path; after 10 failed tries
+the whole image, where torchvision takes a central crop) is decoded fused
+(`tf.image.decode_and_crop_jpeg`) and resized bilinearly without antialiasing, as
+big_vision and the Flax ImageNet example do. Evaluation decodes with the Pillow code of
+the array_record path (`imagenet.eval_image`): both formats evaluate on identical images.
 """
 
 import dataclasses
@@ -78,7 +80,7 @@ class TfRecordInput:
             area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
         window = tf.stack([begin[0], begin[1], size[0], size[1]])
         image = tf.image.decode_and_crop_jpeg(example["image"], window, channels=3)
-        image = tf.image.resize(image, (self.image_size, self.image_size), antialias=True)
+        image = tf.image.resize(image, (self.image_size, self.image_size))  # bilinear
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
         return {"image": image, "label": example["label"]}
@@ -92,7 +94,8 @@ class TfRecordInput:
                                                               try_autocache=False))
         records = records.shuffle(SHUFFLE_BATCHES * local, seed=seed)
         records = records.take(self.num_train // self.batch_size * local).enumerate().skip(skip)
-        images = records.map(lambda i, example: self._crop(example, tf.stack([tf.constant(seed, tf.int64), i])),
+        epoch_seed = tf.constant(seed, tf.int64)
+        images = records.map(lambda i, example: self._crop(example, tf.stack([epoch_seed, i])),
                              num_parallel_calls=tf.data.AUTOTUNE)
         batches = images.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         return batches.with_options(self._options()).as_numpy_iterator()
