@@ -39,9 +39,9 @@ PIPELINES = {  # name: (data_format, config fields for n cores)
 RESNET50_IMAGES_PER_S = 3000  # one modern accelerator training ResNet-50
 
 
-def prepare(folder: Path, images: int, size: tuple[int, int]) -> dict[str, Path]:
+def prepare(folder: Path, formats, images: int, size: tuple[int, int]) -> dict[str, Path]:
     """{file_format: TFDS data_dir} of a synthetic imagenet2012, built once in `folder`."""
-    dirs = {f: folder / f for f in ("array_record", "tfrecord")}
+    dirs = {f: folder / f for f in formats}
     if not all((d / "imagenet2012").is_dir() for d in dirs.values()):
         manual = imagenet_fake.write_manual_dir(folder / "manual", num_classes=4,
                                                 per_class=images // 4, num_val=4, size=size,
@@ -77,13 +77,13 @@ def time_pipeline(data_dir, data_format, fields, batch, batches):
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if hasattr(iterator, "close"):
         iterator.close()
-    return batches * batch / wall, batches * batch / cpu
+    return batches * batch / wall, batches * batch / cpu if cpu else float("nan")
 
 
 def time_host_to_device(batch, reps=10):
     """images/s of copying a (batch, 224, 224, 3) uint8 batch onto the local devices."""
     devices = jax.local_devices()
-    batch -= batch % len(devices)
+    batch = -(-batch // len(devices)) * len(devices)  # shardable over the devices
     sharding = NamedSharding(jax.make_mesh((len(devices),), ("data",), devices=devices), P("data"))
     images = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), np.uint8)
     times = []
@@ -109,7 +109,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = prepare(args.data or Path(tmp), args.images, size)
+        formats = {PIPELINES[name][0] for name in args.pipelines}
+        dirs = prepare(args.data or Path(tmp), formats, args.images, size)
         print(f"{'pipeline':>16} {'cores':>5} {'images/s':>9} {'per CPU-s':>9} "
               f"{'cores for ' + str(RESNET50_IMAGES_PER_S) + '/s':>16}")
         rows = []

@@ -4,6 +4,8 @@ resumable training streams, worker processes, reduced-size decoding, helpful err
 
 import hashlib
 import io
+import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +226,17 @@ print("tensorflow imported:", "tensorflow" in sys.modules)
                                "tf.data, and TensorFlow is not installed")
     assert "pip install 'lip-jax[tf]'" in lines[1] and "tfds convert_format" in lines[1]
     assert lines[2] == "tensorflow imported: False"
+
+
+def test_bench_input_writes_json(tmp_path, monkeypatch):
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(sys, "argv", [
+        "bench_input.py", "--images", "8", "--size", "64x48", "--batch", "4", "--batches", "1",
+        "--cores", "1", "--data", str(tmp_path), "--out", str(out)])
+    runpy.run_path(str(ROOT / "experiments" / "bench_input.py"), run_name="__main__")
+    result = json.loads(out.read_text())
+    assert {row["pipeline"] for row in result["rows"]} == {"grain threads", "grain processes",
+                                                           "tf.data"}
+    assert all(row["images_per_s"] > 0 and not row["images_per_cpu_s"] <= 0  # NaN: < 1 tick
+               for row in result["rows"])
+    assert result["host_to_device"]["images_per_s"] > 0
