@@ -37,7 +37,8 @@ def _tensorflow(version_dir):
             "convert the dataset with `tfds convert_format "
             f"--dataset_version_dir={version_dir} --out_file_format=array_record` and set "
             "--config.data_format=array_record") from error
-    tf.config.set_visible_devices([], "GPU")  # leave the accelerators to JAX
+    if tf.config.get_visible_devices("GPU"):  # leave the accelerators to JAX
+        tf.config.set_visible_devices([], "GPU")
     return tf
 
 
