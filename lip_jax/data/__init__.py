@@ -1,7 +1,10 @@
 """Datasets by name: what the training loop reads.
 
 `DATASETS` holds each dataset's facts; `input_pipeline(config)` returns the object the loop
-iterates (`InputPipeline`): any format, one interface.
+iterates (`InputPipeline`): any format, one interface, implemented by `GrainInput` over
+random-access sources (in-memory arrays, TFDS array_record) and by
+`imagenet_tf.TfRecordInput` over TFDS tfrecord (tf.data). `prefetch_to_device` overlaps
+the host-to-device copy of the next batch with the current step.
 """
 
 from collections.abc import Iterator
