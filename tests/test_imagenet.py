@@ -110,6 +110,9 @@ def test_training_stream_is_reproducible_and_resumes_exactly(data_dirs, data_for
         np.testing.assert_array_equal(got["image"], want["image"])
         np.testing.assert_array_equal(got["label"], want["label"])
     assert not np.array_equal(run[0]["image"], run[3]["image"])  # epochs differ
+    reseeded = data.input_pipeline(_config(data_dirs[data_format], data_format, batch_size=4,
+                                           seed=1))
+    assert not np.array_equal(next(reseeded.train_batches(0, 0, 1))["image"], run[0]["image"])
     shares = [take(1, 2, p, 2) for p in range(2)]
     assert all(b["image"].shape == (2, 32, 32, 3) for share in shares for b in share)
     np.testing.assert_array_equal(take(1, 2, 1, 2)[1]["image"], shares[1][1]["image"])
