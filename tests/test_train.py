@@ -214,58 +214,6 @@ def test_two_processes_agree_with_one(data_dir, tmp_path):
     assert one[-1]["eval_count"] == 103
 
 
-def _jpeg(seed, size):
-    from PIL import Image
-    import io
-    pixels = np.random.default_rng(seed).integers(0, 255, (*size, 3), np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "JPEG")
-    return out.getvalue()
-
-
-def test_imagenet_paper_config_trains_on_mock_tfds_data(tmp_path):
-    """The array_record path through `tfds.data_source` (mocked with real JPEG bytes)."""
-    tfds = pytest.importorskip("tensorflow_datasets")
-    splits = {"train": [{"image": _jpeg(i, (40 + i, 56 - i)), "label": i % 1000}
-                        for i in range(16)],
-              "validation": [{"image": _jpeg(100 + i, (30, 45)), "label": i} for i in range(11)]}
-    seen = []
-
-    def data_source(builder, split, decoders=None, **_):
-        seen.append((builder.name, split, type(decoders["image"]).__name__))
-        return splits[split]
-
-    config = load_config(str(ROOT / "experiments/configs/imagenet_lip_resnet50.py"), [
-        "--config.data_dir=/nonexistent", "--config.image_size=32", "--config.batch_size=8",
-        "--config.eval_batch_size=8", "--config.max_steps=2", "--config.num_threads=2",
-        "--config.bn_group_size=4",
-        "--config.model_kwargs={'width': 8, 'logit_width': 8, 'stage_sizes': (1, 1, 1, 1)}"])
-    with tfds.testing.mock_data(as_data_source_fn=data_source):
-        result = loop.train_and_evaluate(config, tmp_path)
-    assert ("imagenet2012", "train", "SkipDecoding") in seen
-    assert ("imagenet2012", "validation", "SkipDecoding") in seen
-    assert result["step"] == 2 and result["eval_count"] == 11
-    assert np.isfinite(result["eval_loss"])
-
-
-def test_imagenet_without_data_dir_says_so():
-    config = load_config(str(ROOT / "experiments/configs/imagenet_lip_resnet50.py"), [])
-    with pytest.raises(FileNotFoundError, match="needs --config.data_dir"):
-        loop.Trainer(config)
-
-
-def test_imagenet_transforms_shapes_and_crop_boxes():
-    from lip_jax.data import imagenet
-    rng = np.random.default_rng(0)
-    for size in ((300, 200), (50, 400), (224, 224)):
-        for _ in range(20):
-            left, top, w, h = imagenet.inception_crop(*size, rng)
-            assert 0 <= left and left + w <= size[0] and 0 <= top and top + h <= size[1]
-    example = {"image": _jpeg(0, (37, 90)), "label": 3}
-    assert imagenet.train_transform(64)(example, rng)["image"].shape == (64, 64, 3)
-    assert imagenet.eval_transform(64)(example)["image"].shape == (64, 64, 3)
-
-
 def test_init_from_converted_weights(data_dir, tmp_path):
     from lip_jax import pretrained
     trainer = loop.Trainer(tiny_config(data_dir, seed=1))

@@ -164,6 +164,7 @@ def train_and_evaluate(config, workdir) -> dict:
         (workdir / "config.json").write_text(config.to_json(indent=1))
     writer = MetricsWriter(workdir, enabled=lead)
     batches = trainer.input.train_batches(start, jax.process_index(), jax.process_count())
+    batches = data.prefetch_to_device(batches, trainer.global_batch)  # copies overlap steps
     eval_every = max(1, int(config.eval_every_epochs * trainer.steps_per_epoch))
     progress = Progress(start, trainer.total_steps, config.batch_size, enabled=lead)
     preemption = _Preemption()
@@ -171,7 +172,7 @@ def train_and_evaluate(config, workdir) -> dict:
     final = {}
     try:
         for step in range(start + 1, trainer.total_steps + 1):
-            batch = trainer.global_batch(next(batches))
+            batch = next(batches)
             with jax.transfer_guard("disallow"):
                 state, metrics = trainer.train_step(state, batch)
             history.append((step, metrics))
