@@ -208,7 +208,8 @@ def test_without_tensorflow_array_record_reads_and_tfrecord_says_what_to_install
 from lip_jax import data
 from lip_jax.train.config import load_config
 config = load_config({CONFIG!r}, ["--config.data_dir={data_dirs['array_record']}",
-                                  "--config.image_size=32", "--config.batch_size=4"])
+                                  "--config.image_size=32", "--config.batch_size=4",
+                                  "--config.bn_group_size=4"])
 inputs = data.input_pipeline(config)
 print("array_record", next(inputs.train_batches(0, 0, 1))["image"].shape)
 config = load_config({CONFIG!r}, ["--config.data_dir={data_dirs['tfrecord']}",
