@@ -45,6 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every_epochs = 1.0
     c.checkpoint_every_secs = 120.0
     c.keep_checkpoints = 3
+    c.profile_steps = ()  # (first, last): a jax.profiler trace of these steps in WORKDIR/profile
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
     c.coordinator_address = ""  # only where the cluster does not say: "host:port"
     c.num_processes = -1
