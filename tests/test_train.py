@@ -222,7 +222,7 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
-    fields = dict(max_steps=12, checkpoint_every_secs=1e-9)
+    fields = dict(max_steps=12, checkpoint_every_secs=1e-9, cache=tmp_path / "compiled")
     straight = train_process(tmp_path / "straight", data_dir, **fields)
     assert finish([straight]) and straight.returncode == 0, output(straight)
 
@@ -240,7 +240,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_stop_signal_saves_and_exits_with_the_retry_status(data_dir, tmp_path, signum):
     process = train_process(tmp_path, data_dir, max_steps=100000)
     metrics = tmp_path / "metrics.jsonl"

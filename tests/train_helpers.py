@@ -52,11 +52,17 @@ def tiny_config(data_dir, **fields):
     return load_config(None, tiny_overrides(data_dir, **fields))
 
 
-def train_process(workdir, data_dir, *extra, devices=2, **fields) -> subprocess.Popen:
+def train_process(workdir, data_dir, *extra, devices=2, cache=None,
+                  **fields) -> subprocess.Popen:
     """`lip-jax train` of the tiny config in a subprocess on `devices` CPU devices; its
-    output (stdout and stderr) goes to a file that `output(process)` reads."""
+    output (stdout and stderr) goes to a file that `output(process)` reads. `cache`: a
+    directory where runs of the same program share compiled steps (JAX's cache)."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "JAX_PLATFORMS": "cpu"}
+    if cache:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     log = tempfile.TemporaryFile("w+")  # a pipe could fill up and block the trainer
     process = subprocess.Popen(
         [sys.executable, "-m", "lip_jax", "train", "--workdir", str(workdir), *extra,
