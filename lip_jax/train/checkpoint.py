@@ -96,8 +96,8 @@ class Checkpoints:
                 n = 1
                 while (directory / f"{step}.corrupt-{n}").exists():
                     n += 1
-                (directory / str(step)).rename(directory / f"{step}.corrupt-{n}")
-                log.warning("set the corrupt checkpoint aside: %s", directory / f"{step}.corrupt-{n}")
+                aside = (directory / str(step)).rename(directory / f"{step}.corrupt-{n}")
+                log.warning("set the corrupt checkpoint aside as %s", aside)
         multihost_utils.sync_global_devices("lip_jax: corrupt checkpoints set aside")
         self.manager.reload()
 
