@@ -24,7 +24,7 @@ FIELDS = (
     ("data_format", "array_record", 'imagenet2012 files: "array_record" or "tfrecord"'),
     ("image_size", 224, "imagenet2012 crop; eval resizes to image_size * 8 / 7"),
     ("num_threads", 8, "input worker threads per process"),
-    ("num_workers", 0, "input worker processes (grain), each with num_threads threads"),
+    ("num_workers", 0, "input worker processes (grain); each runs num_threads"),
     ("batch_size", 64, "global batch, across all devices and hosts"),
     ("eval_batch_size", 500, "global evaluation batch"),
     ("num_epochs", 4.0, "length of training"),
