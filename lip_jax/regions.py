@@ -5,8 +5,9 @@ region: all positions (`global_lip_pool`), PyTorch's adaptive-pool bins
 (`adaptive_lip_pool`), or the bilinear samples of RoIAlign (`roi_lip_pool`). Zero
 logits give the classical counterpart (global average, `adaptive_avg_pool2d`,
 `roi_align`); logits `beta * inputs` tend to the max over the region as beta grows.
-Logits are shifted by their (stop-gradient) maximum over each region before `exp` (the result is unchanged)
-and sums run in float32 (float64 for float64 inputs), so no logit magnitude overflows.
+Logits are shifted by their (stop-gradient) maximum over each region before `exp` (the
+result is unchanged) and sums run in float32 (float64 for float64 inputs), so no logit
+magnitude overflows or underflows.
 Gradients are autodiff's, which is exact here.
 """
 
