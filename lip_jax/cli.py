@@ -19,15 +19,11 @@ import logging
 import sys
 
 USER_ERROR_EXIT = 2  # as argparse's own usage errors
-PAPER = {"lip_resnet50": (23.9, 5.33), "lip_resnet101": (42.9, 9.06),
-         "lip_densenet121": (8.7, 4.13), "resnet50": (25.6, 4.12), "resnet101": (44.5, 7.85),
-         "densenet121": (8.0, 2.88)}
 WORKDIR_HELP = {
     "train": "the run's directory (a local path or gs://...): checkpoints, config.json and "
              "metrics.jsonl go there; a rerun resumes from it",
     "eval": "a `lip-jax train` work directory: its config.json is the base config and its "
             "newest checkpoint is evaluated"}
-INPUT_SHAPE = {"lip_cnn": (28, 28, 1), "cnn": (28, 28, 1)}  # others: (224, 224, 3)
 
 
 def is_user_error(error: BaseException) -> bool:
@@ -117,20 +113,20 @@ def models(args, overrides):
     import jax
     import jax.numpy as jnp
 
-    from lip_jax.models import create_model, list_models
+    from lip_jax.models import create_model, list_models, model_spec
     print(f"{'model':<16} {'input':>11} {'params (M)':>10} {'GMACs':>8} {'paper params':>13} "
           f"{'paper GMACs':>12}")
     for name in list_models():
+        spec = model_spec(name)
         model = create_model(name, **({"pool": args.pool} if args.pool else {}))
-        shape = INPUT_SHAPE.get(name, (224, 224, 3))
-        images = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+        images = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
         variables = jax.eval_shape(model.init, jax.random.key(0), images)
         params = sum(x.size for x in jax.tree.leaves(variables["params"]))
         cost = jax.jit(model.apply).lower(variables, images).cost_analysis()
-        paper = PAPER.get(name)
-        paper_text = f"{paper[0]:>12.1f}M {paper[1]:>11.2f}G" if paper else f"{'-':>13} {'-':>12}"
-        print(f"{name:<16} {'x'.join(map(str, shape)):>11} {params / 1e6:>10.3f} "
-              f"{cost['flops'] / 2e9:>8.3f} {paper_text}")
+        paper = (f"{spec.paper_params_m:>12.1f}M {spec.paper_gmacs:>11.2f}G"
+                 if spec.paper_params_m else f"{'-':>13} {'-':>12}")
+        print(f"{name:<16} {'x'.join(map(str, spec.input_shape)):>11} {params / 1e6:>10.3f} "
+              f"{cost['flops'] / 2e9:>8.3f} {paper}")
 
 
 def demo(args, overrides):
@@ -170,6 +166,7 @@ def _config_fields() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
+    from lip_jax.models import POOL_CHOICES
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true",
                         help="show tracebacks and the libraries' logs")
@@ -195,7 +192,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=convert)
     p = commands.add_parser("models", help=models.__doc__, description=models.__doc__,
                             parents=[common])
-    p.add_argument("--pool", help="build every model with this pooling (create_model's pool=)")
+    p.add_argument("--pool", choices=POOL_CHOICES,
+                   help="build every model with this pooling (create_model's pool=)")
     p.set_defaults(run=models)
     p = commands.add_parser("demo", help=demo.__doc__, description=demo.__doc__,
                             parents=[common])
