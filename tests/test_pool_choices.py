@@ -80,16 +80,18 @@ def test_aliases_are_the_family_with_pool_lip_or_strided(family, baseline, lip):
     assert create_model(family, pool="lip") == create_model(lip)
     assert create_model(family, pool="strided") == create_model(baseline)
     assert create_model(lip, pool="strided") == create_model(baseline)
-    assert create_model(lip).lip if family != "cnn" else True
+    if family != "cnn":  # convert's layout switch
+        assert create_model(lip).lip and not create_model(baseline).lip
 
 
 def test_resnet50_with_pool_lip_has_the_official_parameter_count():
     count = lambda m: sum(x.size for x in jax.tree.leaves(convert.abstract_variables(m)[
         "params"]))
     assert count(create_model("resnet50", pool="lip")) == 23_864_232
-    # every other pooling: LIP-ResNet-50's convolutions, without the logit modules
-    assert count(create_model("resnet50", pool="avg")) == count(create_model("resnet50",
-                                                                             pool="max"))
+    # LIP-ResNet-50's convolutions without the logit modules; DPP adds 2 per channel
+    assert count(create_model("resnet50", pool="avg")) == 22_804_520
+    assert count(create_model("resnet50", pool="dpp")) == 22_804_520 + 2 * (
+        64 + 128 + 256 + 256 + 512 + 512 + 1024)
 
 
 @pytest.mark.parametrize("name, pool", [("resnet50", "lip"), ("resnet18", "blur"),
