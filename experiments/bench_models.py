@@ -76,7 +76,13 @@ def main(argv=None):
                         help="JSON create_model arguments for the LIP models")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "bench_models.json")
+    parser.add_argument("--pallas-tiles", default=None,
+                        help="BLOCK_W,MAX_BLOCK_C,NUM_WARPS of lip_jax.pallas_lip")
     args = parser.parse_args(argv)
+    if args.pallas_tiles:
+        from lip_jax import pallas_lip  # noqa: PLC0415
+        pallas_lip.BLOCK_W, pallas_lip.MAX_BLOCK_C, pallas_lip.NUM_WARPS = (
+            int(v) for v in args.pallas_tiles.split(","))
     rows, pairs = [], []
     print(f"{'pair':<26} {'impl':>6} {'shape':>18} {'LIP img/s':>10} {'base img/s':>10} "
           f"{'ratio':>6} {'LIP MiB':>8} {'base MiB':>8} {'ratio':>6}")
@@ -100,7 +106,7 @@ def main(argv=None):
                   f"{summary['memory_ratio']:>6.2f}", flush=True)
     result = dict(device=jax.devices()[0].device_kind, platform=platform.platform(),
                   versions=dict(jax=jax.__version__), dtype=args.dtype, reps=args.reps,
-                  lip_kwargs=args.lip_kwargs,
+                  lip_kwargs=args.lip_kwargs, pallas_tiles=args.pallas_tiles,
                   rows=rows, pairs=pairs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -119,7 +119,7 @@ def fused_bytes(shape, itemsize):
     return forward, forward + backward
 
 
-def run(shapes, reps, inner, with_pallas, torch_device):
+def run(shapes, reps, inner, with_pallas, torch_device, peak_gbps):
     rows = []
     for shape in shapes:
         k1, k2 = jax.random.split(jax.random.key(0))
@@ -149,8 +149,11 @@ def run(shapes, reps, inner, with_pallas, torch_device):
             copy_gbps = copy_bytes / copy_ms / 1e6
             for row in rows[-len(impls):]:
                 row["copy_GBps"] = copy_gbps
-                row["roofline_fraction"] = {
-                    p: b / row[f"{p}_ms"] / 1e6 / copy_gbps for p, b in row["fused_bytes"].items()}
+                for key, gbps in (("roofline_fraction", copy_gbps),
+                                  ("nominal_roofline_fraction", peak_gbps)):
+                    if gbps:
+                        row[key] = {p: b / row[f"{p}_ms"] / 1e6 / gbps
+                                    for p, b in row["fused_bytes"].items()}
     return rows
 
 
@@ -166,11 +169,15 @@ def ratios(rows):
 
 
 def roofline_table(rows):
-    print(f"{'shape':>20} {'dtype':>8} {'impl':>20} {'fwd % roof':>10} {'f+b % roof':>10}")
+    """Fused LIP traffic over time, in % of the measured copy and the nominal bandwidth."""
+    print(f"{'shape':>20} {'dtype':>8} {'impl':>20} {'fwd % copy':>10} {'f+b % copy':>10} "
+          f"{'fwd % peak':>10} {'f+b % peak':>10}")
     for r in rows:
-        f = r["roofline_fraction"]
+        f, p = r["roofline_fraction"], r.get("nominal_roofline_fraction")
+        peak = (f"{100 * p['forward']:10.1f} {100 * p['forward_backward']:10.1f}" if p
+                else "")
         print(f"{str(tuple(r['shape'])):>20} {r['dtype']:>8} {r['impl']:>20} "
-              f"{100 * f['forward']:10.1f} {100 * f['forward_backward']:10.1f}")
+              f"{100 * f['forward']:10.1f} {100 * f['forward_backward']:10.1f} {peak}")
 
 
 def main(argv=None):
@@ -178,12 +185,20 @@ def main(argv=None):
     parser.add_argument("--shapes", nargs="+", default=["32,56,56,256", "128,28,28,32"])
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--inner", type=int, default=1)
+    parser.add_argument("--peak-gbps", type=float, default=None,
+                        help="the device's nominal memory bandwidth, for a second fraction")
     parser.add_argument("--pallas", action="store_true",
                         help="also time the Pallas kernels off GPU (interpret mode: slow)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "bench_pooling.json")
+    parser.add_argument("--pallas-tiles", default=None,
+                        help="BLOCK_W,MAX_BLOCK_C,NUM_WARPS of lip_jax.pallas_lip")
     args = parser.parse_args(argv)
+    if args.pallas_tiles:
+        from lip_jax import pallas_lip  # noqa: PLC0415
+        pallas_lip.BLOCK_W, pallas_lip.MAX_BLOCK_C, pallas_lip.NUM_WARPS = (
+            int(v) for v in args.pallas_tiles.split(","))
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     on_gpu = jax.default_backend() == "gpu"
     try:
@@ -193,15 +208,16 @@ def main(argv=None):
     except ImportError:
         torch, torch_device = None, None
     print(f"{'shape':>20} {'dtype':>8} {'impl':>20} {'fwd ms':>10} {'fwd+bwd ms':>12}")
-    rows = run(shapes, args.reps, args.inner, on_gpu or args.pallas, torch_device)
+    rows = run(shapes, args.reps, args.inner, on_gpu or args.pallas, torch_device,
+               args.peak_gbps)
     roofline_table(rows)
     result = dict(
         device=str(jax.devices()[0].device_kind), platform=platform.platform(),
         processor=platform.processor(), cpu_count=__import__("os").cpu_count(),
         versions=dict(jax=jax.__version__, flax=flax.__version__,
                       torch=torch.__version__ if torch_device else None),
-        torch_device=torch_device, window="k3 s2 p1", reps=args.reps, inner=args.inner,
-        rows=rows, ratios=ratios(rows))
+        torch_device=torch_device, peak_gbps=args.peak_gbps, window="k3 s2 p1", reps=args.reps, inner=args.inner,
+        pallas_tiles=args.pallas_tiles, rows=rows, ratios=ratios(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

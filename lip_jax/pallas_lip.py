@@ -28,9 +28,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-BLOCK_W = 16  # output (forward) or input (backward) columns per program
-MAX_BLOCK_C = 64  # features per program
-NUM_WARPS = 4
+BLOCK_W = 8  # output columns (forward) or column strides (backward) per program
+MAX_BLOCK_C = 128  # features per program
+NUM_WARPS = 4  # (8, 128, 4): fastest of 4 tilings on an H100 (experiments/gpu_check.py)
 
 
 def _pow2(n: int) -> int:
@@ -89,35 +89,45 @@ def _forward_kernel(x_ref, l_ref, y_ref, lse_ref, *, geometry, bw, bc, n_ctiles)
     plgpu.store(lse_ref.at[index], top + jnp.log(total), mask=out)
 
 
+def _covering_taps(k: int, s: int, lo: int, phase: int):
+    """(window offset d, tap t) pairs for input index `s * m + phase`: it is tap `t` of
+    window `m + d` along this axis (static: t + (m + d) * s - lo = s * m + phase)."""
+    return [((phase + lo - t) // s, t) for t in range(k) if (phase + lo - t) % s == 0]
+
+
 def _backward_kernel(x_ref, l_ref, y_ref, lse_ref, g_ref, dx_ref, dl_ref, *, geometry,
                      bw, bc, n_ctiles):
+    """Input rows `sh * m + a` and columns `sw * (tile * bw + lane) + b` for every stride
+    phase (a, b): which windows cover such a pixel, and as which tap, is static."""
     (kh, kw), (sh, sw), (ph, pw) = geometry
     _, h, w, c = x_ref.shape
     ho, wo, groups = y_ref.shape[1], y_ref.shape[2], l_ref.shape[3]
-    n, r = pl.program_id(0), pl.program_id(1)
-    cols, feats = _lanes(pl.program_id(2), n_ctiles, bw, bc)
-    here = (cols < w) & (feats < c)
-    xq = _load(x_ref, n, r, cols, feats, here, (h, w, c))
-    lq = _load(l_ref, n, r, cols, feats // (c // groups), here, (h, w, groups))
-    dx = jnp.zeros((bw, bc), jnp.float32)
-    dl = jnp.zeros((bw, bc), jnp.float32)
-    for di in range(kh):
-        num_i = r + ph - di  # = i * sh for the window row i that holds r at tap di
-        i = jnp.maximum(num_i, 0) // sh
-        row_ok = (num_i >= 0) & (jnp.maximum(num_i, 0) % sh == 0) & (i < ho)
-        for dj in range(kw):
-            num_j = cols + pw - dj
-            j = jnp.maximum(num_j, 0) // sw
-            mask = here & row_ok & (num_j >= 0) & (jnp.maximum(num_j, 0) % sw == 0) & (j < wo)
-            g = _load(g_ref, n, i, j, feats, mask, (ho, wo, c))
-            yp = _load(y_ref, n, i, j, feats, mask, (ho, wo, c))
-            lse = _load(lse_ref, n, i, j, feats, mask, (ho, wo, c))
-            ag = jnp.where(mask, jnp.exp(lq - lse) * g, 0.0)
-            dx += ag
-            dl += jnp.where(mask, ag * (xq - yp), 0.0)
-    index = (n, r, jnp.where(here, cols, w), jnp.where(here, feats, c))
-    plgpu.store(dx_ref.at[index], dx.astype(dx_ref.dtype), mask=here)
-    plgpu.store(dl_ref.at[index], dl, mask=here)
+    n, m = pl.program_id(0), pl.program_id(1)
+    units, feats = _lanes(pl.program_id(2), n_ctiles, bw, bc)  # column units of width sw
+    lfeats = feats // (c // groups)
+    for a in range(sh):
+        r = sh * m + a
+        for b in range(sw):
+            cols = sw * units + b
+            here = (r < h) & (cols < w) & (feats < c)
+            xq = _load(x_ref, n, r, cols, feats, here, (h, w, c))
+            lq = _load(l_ref, n, r, cols, lfeats, here, (h, w, groups))
+            dx = jnp.zeros((bw, bc), jnp.float32)
+            dl = jnp.zeros((bw, bc), jnp.float32)
+            for di, _ in _covering_taps(kh, sh, ph, a):
+                for dj, _ in _covering_taps(kw, sw, pw, b):
+                    i, j = m + di, units + dj
+                    mask = here & (i >= 0) & (i < ho) & (j >= 0) & (j < wo)
+                    g = _load(g_ref, n, i, j, feats, mask, (ho, wo, c))
+                    yp = _load(y_ref, n, i, j, feats, mask, (ho, wo, c))
+                    lse = _load(lse_ref, n, i, j, feats, mask, (ho, wo, c))
+                    ag = jnp.where(mask, jnp.exp(lq - lse) * g, 0.0)
+                    dx += ag
+                    dl += jnp.where(mask, ag * (xq - yp), 0.0)
+            index = (n, jnp.minimum(r, h - 1), jnp.where(here, cols, w),
+                     jnp.where(here, feats, c))  # masked lanes out of bounds: dropped
+            plgpu.store(dx_ref.at[index], dx.astype(dx_ref.dtype), mask=here)
+            plgpu.store(dl_ref.at[index], dl, mask=here)
 
 
 def _call(kernel, grid, out_shape, interpret, *args, **params):
@@ -164,11 +174,12 @@ def _fwd(x, logits, geometry, interpret):
 def _bwd(geometry, interpret, residuals, g):
     x, logits, y, lse = residuals
     n, h, w, c = x.shape
-    bw, bc, n_wtiles, n_ctiles = _tile(w, c)
+    sh, sw = geometry[1]
+    bw, bc, n_wtiles, n_ctiles = _tile(pl.cdiv(w, sw), c)
     out = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape, jnp.float32))
-    dx, dl = _call(_backward_kernel, (n, h, n_wtiles * n_ctiles), out, interpret, x, logits,
-                   y, lse, g.astype(y.dtype), geometry=_lows(geometry), bw=bw, bc=bc,
-                   n_ctiles=n_ctiles)
+    dx, dl = _call(_backward_kernel, (n, pl.cdiv(h, sh), n_wtiles * n_ctiles), out, interpret,
+                   x, logits, y, lse, g.astype(y.dtype), geometry=_lows(geometry), bw=bw,
+                   bc=bc, n_ctiles=n_ctiles)
     groups = logits.shape[-1]
     dl = dl.reshape(n, h, w, groups, c // groups).sum(-1)
     return dx, dl.astype(logits.dtype)
