@@ -223,8 +223,8 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
       implementation: "xla" (the XLA graph below: any rank, forward and reverse mode),
         "pallas" (the fused kernels of `lip_jax.pallas_lip`: 2-D windows, other ranks
         take "xla"; reverse mode only; compiled on GPU, interpret mode on CPU; no TPU
-        kernel) or None: `DEFAULT_IMPLEMENTATION` of the backend ("pallas" on GPU, else
-        "xla").
+        kernel) or None: `DEFAULT_IMPLEMENTATION` of the backend ("pallas" on a
+        single GPU; "xla" elsewhere and on several devices).
     Returns:
       `(*batch, *pooled_spatial, features)` in the dtype of `inputs`.
 
@@ -244,7 +244,8 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
 # What implementation=None picks per JAX backend ("xla" where absent). The kernels are
 # the default only where measured faster: on an H100, 1.75x (f32) and 1.44x (bf16) the
 # XLA graph's forward+backward at (32, 56, 56, 256), LIP-ResNet-50 bf16 training +6%
-# (README). They are reverse-mode only: forward mode on a GPU needs "xla".
+# (README). They are reverse-mode only (forward mode on a GPU needs "xla"), and picked
+# only when the job has one device: GSPMD cannot split a pallas_call over a sharded batch.
 DEFAULT_IMPLEMENTATION = {"gpu": "pallas"}
 
 
@@ -254,8 +255,9 @@ def _resolve(implementation: Implementation, spatial_ndim: int) -> str:
         raise ValueError(f'implementation must be None, "xla" or "pallas", got '
                          f"{implementation!r}")
     backend = jax.default_backend()
-    if implementation is None:
-        implementation = DEFAULT_IMPLEMENTATION.get(backend, "xla")
+    if implementation is None:  # pallas_call is not partitioned: one device only
+        implementation = (DEFAULT_IMPLEMENTATION.get(backend, "xla")
+                          if jax.device_count() == 1 else "xla")
     if implementation == "pallas" and backend == "tpu":
         raise NotImplementedError('implementation="pallas" has no TPU (Mosaic) kernel; '
                                   'use "xla"')

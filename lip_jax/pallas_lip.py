@@ -5,18 +5,22 @@ Layout `(N, H, W, C)` inputs, `(N, H, W, L)` logits with `L` dividing `C` (featu
 window, stride and explicit `(low, high)` padding.
 
 - Forward: one program per (image, output row, tile of `BLOCK_W` output columns x
-  `BLOCK_C` features). It reads the window taps of `x` and the logits (halo included;
+  up to `MAX_BLOCK_C` features). It reads the window taps of `x` and the logits (halo included;
   neighbouring tiles share rows through the cache), subtracts each window's own maximum
   logit, sums in float32 and writes `y` and the window log-sum-exp `lse` (float32), so
   `y[p] = sum_q exp(l[q] - lse[p]) x[q]` over the in-image pixels `q` of window `p`.
-- Backward: one program per (image, input row, tile of input columns x features). Each
-  input pixel gathers from the windows that cover it (no atomics):
+- Backward: one program per (image, `sh` input rows, tile of `BLOCK_W * sw` input
+  columns x features), looping over the stride phases so that which windows cover a
+  pixel, and as which tap, is static. Each input pixel gathers from those windows (no
+  atomics):
   `dx[q] = sum_p a[p,q] g[p]`, `dl[q] = sum_p a[p,q] g[p] (x[q] - y[p])`,
   `a[p,q] = exp(l[q] - lse[p])`; `dl` is per feature (float32) and summed to `L` outside.
 
 Written for Pallas' Triton backend (GPU): block shapes are powers of two, loads are
 masked gathers. Elsewhere the kernels run in interpret mode (slow, for tests only). No
-TPU (Mosaic) lowering: gathers with these shapes do not meet its tiling rules.
+TPU (Mosaic) variant: it would need blocked loads in place of these gathers (not
+written, and no TPU was available to verify one). JAX 0.11 warns that the Triton backend
+is deprecated in favour of Mosaic GPU.
 """
 
 from __future__ import annotations

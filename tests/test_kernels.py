@@ -98,3 +98,22 @@ def test_kernel_on_an_empty_batch():
 def test_unknown_implementation_is_refused_by_name():
     with pytest.raises(ValueError, match='implementation must be None, "xla" or "pallas"'):
         ops.lip_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(1), (2, 2), implementation="triton")
+
+
+def _uses_kernel(**kwargs):
+    x = jnp.ones((2, 6, 6, 3))
+    window = kwargs.pop("window", (2, 2))
+    jaxpr = jax.make_jaxpr(lambda x: ops.lip_pool(x, x, window, **kwargs))(
+        x if len(window) == 2 else x[..., 0, :])
+    return "pallas_call" in str(jaxpr)
+
+
+def test_default_picks_the_kernel_only_where_set_and_on_one_device(monkeypatch):
+    assert jax.device_count() == 8  # tests/conftest.py
+    assert _uses_kernel(implementation="pallas")
+    assert not _uses_kernel(implementation="pallas", window=(2,))  # 1-D: the XLA graph
+    assert not _uses_kernel()  # CPU default
+    monkeypatch.setitem(ops.DEFAULT_IMPLEMENTATION, jax.default_backend(), "pallas")
+    assert not _uses_kernel()  # several devices: GSPMD cannot split a pallas_call
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    assert _uses_kernel()
