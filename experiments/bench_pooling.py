@@ -216,8 +216,9 @@ def main(argv=None):
         processor=platform.processor(), cpu_count=__import__("os").cpu_count(),
         versions=dict(jax=jax.__version__, flax=flax.__version__,
                       torch=torch.__version__ if torch_device else None),
-        torch_device=torch_device, peak_gbps=args.peak_gbps, window="k3 s2 p1", reps=args.reps, inner=args.inner,
-        pallas_tiles=args.pallas_tiles, rows=rows, ratios=ratios(rows))
+        torch_device=torch_device, peak_gbps=args.peak_gbps, window="k3 s2 p1",
+        reps=args.reps, inner=args.inner, pallas_tiles=args.pallas_tiles, rows=rows,
+        ratios=ratios(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

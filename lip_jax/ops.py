@@ -313,7 +313,7 @@ def _image_shift(x, l, window: Window):
 
 def _window_shift(x, l, window: Window):
     """Per-window-stable form over the window taps. Returns (y, lse)."""
-    out_shape = window_sum(l, window).shape
+    out_shape = jax.eval_shape(lambda a: window_sum(a, window), l).shape
     l_taps = _taps(l, window, -np.inf, out_shape)
     top = functools.reduce(jnp.maximum, l_taps)
     e = [jnp.exp(t - top) for t in l_taps]
@@ -357,8 +357,9 @@ def _lip_jvp(window: Window, primals, tangents):
     x, l = primals
     dx, dl = tangents
     y, lse, fast = _lip_primal(x, l, window)
-    dy = jax.checkpoint(lambda *args: lax.cond(fast, functools.partial(_image_shift_tangent, window=window),
-                  lambda *a: _per_image(_window_shift_tangent, window, *a), *args))(
+    image_shift = functools.partial(_image_shift_tangent, window)
+    window_shift = functools.partial(_per_image, _window_shift_tangent, window)
+    dy = jax.checkpoint(lambda *args: lax.cond(fast, image_shift, window_shift, *args))(
         x, l, y, lse, dx, dl)
     return y.astype(x.dtype), dy.astype(x.dtype)
 
@@ -374,9 +375,10 @@ def _pixel_tangents(x, l, dx, dl, ct):
             jnp.broadcast_to(dl, x.shape).astype(ct))
 
 
-def _image_shift_tangent(x, l, y, lse, dx, dl, window: Window):
+def _image_shift_tangent(window: Window, x, l, y, lse, dx, dl):
     x, l, dx, dl = _pixel_tangents(x, l, dx, dl, y.dtype)
-    shift = jnp.max(lse, _spatial_axes(window), keepdims=True)  # >= every covered logit
+    # >= every logit a window covers; any other stays below it + FAST_LOGIT_RANGE
+    shift = jnp.max(lse, _spatial_axes(window), keepdims=True)
     w = jnp.exp(l - shift)
     inv_total = jnp.exp(shift - lse)
     return (window_sum(w * (dx + x * dl), window) - y * window_sum(w * dl, window)) * inv_total

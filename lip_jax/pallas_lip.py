@@ -68,7 +68,7 @@ def _load(ref, n, row, cols, feats, mask, size):
 def _forward_kernel(x_ref, l_ref, y_ref, lse_ref, *, geometry, bw, bc, n_ctiles):
     (kh, kw), (sh, sw), (ph, pw) = geometry
     _, h, w, c = x_ref.shape
-    ho, wo, groups = y_ref.shape[1], y_ref.shape[2], l_ref.shape[3]
+    wo, groups = y_ref.shape[2], l_ref.shape[3]
     n, i = pl.program_id(0), pl.program_id(1)
     j, feats = _lanes(pl.program_id(2), n_ctiles, bw, bc)
     lfeats = feats // (c // groups)
