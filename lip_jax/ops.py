@@ -441,8 +441,9 @@ def tempered_max_pool(inputs, window_shape, strides=None, padding: Padding = "VA
     """LIP with logits `beta * inputs`; tends to max pooling as beta -> inf.
 
     Its output never exceeds the window max and is non-decreasing in beta; a window of
-    K values lies within (K - 1) / (e * beta) of its max. Keep `beta * (max - min)` of
-    each image's feature map below ~80 in float32 (see `lip_pool`'s numerics).
+    K values lies within (K - 1) / (e * beta) of its max. Any beta is exact; on the XLA
+    graph, batches with `beta * (max - min)` above `FAST_LOGIT_RANGE` take the slower
+    per-window form (see `lip_pool`'s numerics).
     """
     return lip_pool(inputs, beta * inputs, window_shape, strides, padding)
 
