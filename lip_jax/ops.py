@@ -325,9 +325,12 @@ def _window_shift(x, l, window: Window):
 
 def _per_image(fn, window: Window, *arrays):
     """`fn(window, *arrays)` one batch element at a time (`lax.map`, checkpointed), which
-    bounds the memory of the per-window form; arrays broadcast along the first dim."""
-    if (window.dims[0], window.strides[0], window.pads[0]) != (1, 1, (0, 0)):
-        return fn(window, *arrays)  # no batch dim
+    bounds the memory of the per-window form; arrays broadcast along the first dim.
+    A batch dim sharded explicitly (`AxisType.Explicit`) cannot be scanned: one call."""
+    batch_spec = jax.typeof(arrays[0]).sharding.spec
+    if ((window.dims[0], window.strides[0], window.pads[0]) != (1, 1, (0, 0))
+            or (batch_spec and batch_spec[0] is not None)):
+        return fn(window, *arrays)  # no batch dim, or one explicitly sharded: no scan
     n, ndim = arrays[0].shape[0], arrays[0].ndim
     arrays = [jnp.broadcast_to(a, jnp.broadcast_shapes(a.shape, (n,) + (1,) * (ndim - 1)))
               for a in arrays]

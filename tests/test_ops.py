@@ -264,3 +264,23 @@ def test_non_integer_geometry_is_refused_by_name(kwargs, match):
         ops.lip_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(1), **kwargs)
     assert ops.lip_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(1), (np.int64(2), 2)).shape == (
         1, 3, 3, 1)
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_batch_sharded_gradients_in_both_forms(axis_type):
+    """Data-parallel jit: a batch sharded over 8 devices, logits spanning ~1000 (the
+    per-window form, which scans over images only when the batch is not explicitly
+    sharded) and ~3 (the image-wide form)."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(getattr(AxisType, axis_type),))
+    x = _randn(0, (8, 5, 5, 2))
+    grad = jax.jit(jax.grad(lambda x, l: jnp.sum(ops.lip_pool(x, l, (3, 3), (2, 2), P1) ** 2),
+                            (0, 1)))
+    for scale in (1.0, 300.0):
+        logits = scale * _randn(1, x.shape)
+        expected = grad(x, logits)
+        with jax.set_mesh(mesh):
+            sharded = [jax.device_put(a, NamedSharding(mesh, PartitionSpec("data")))
+                       for a in (x, logits)]
+            chex.assert_trees_all_close(grad(*sharded), expected, rtol=1e-5, atol=1e-6)
