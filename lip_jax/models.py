@@ -88,7 +88,7 @@ def model_spec(name: str) -> ModelSpec:
     return _MODELS[name]
 
 
-def create_model(name: str, *, num_classes: int = 1000, dtype=jnp.float32, **kw):
+def create_model(name: str, num_classes: int = 1000, *, dtype=jnp.float32, **kw):
     """Builds model `name`; `dtype` is the compute dtype (params stay `param_dtype`, f32).
 
     Extra keyword arguments override architecture fields: `pool` (one of `POOL_CHOICES`

@@ -197,10 +197,13 @@ def test_official_training_checkpoint_converts(tiny_lip_resnet_sd, tmp_path, cap
     """main.py of the official release saves {epoch, arch, state_dict, best_acc1, optimizer}
     from a DistributedDataParallel model (keys start with `module.`) as checkpoint.pth.tar."""
     state = {f"module.{k}": torch.tensor(v) for k, v in tiny_lip_resnet_sd.items()}
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9)
+    # The layout of torch.optim.SGD(...).state_dict(), written out: building a torch
+    # optimizer imports torch._dynamo (and triton where it is installed) for nothing.
+    optimizer = {"state": {0: {"momentum_buffer": torch.ones(2)}},
+                 "param_groups": [{"lr": 0.1, "momentum": 0.9, "params": [0]}]}
     path = tmp_path / "checkpoint.pth.tar"
     torch.save({"epoch": 90, "arch": "lip_resnet50", "state_dict": state,
-                "best_acc1": torch.tensor(79.3), "optimizer": optimizer.state_dict()}, path)
+                "best_acc1": torch.tensor(79.3), "optimizer": optimizer}, path)
     with caplog.at_level("INFO", logger="lip_jax"):
         variables = convert.from_torch_state_dict("lip_resnet50", convert.read_checkpoint(path),
                                                   **TINY_KW["lip_resnet50"])

@@ -133,3 +133,12 @@ def test_usable_from_nnx_through_the_bridge():
     model(images, train=True, mutable=["batch_stats"])
     after = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
     assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)), stats, after)))
+
+
+def test_num_classes_may_be_given_positionally_as_in_the_readme():
+    x = jnp.zeros((1, 28, 28, 1))
+    positional = jax.eval_shape(create_model("lip_cnn", 10).init, jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, positional) == jax.tree.map(
+        jnp.shape, jax.eval_shape(create_model("lip_cnn", num_classes=10).init,
+                                  jax.random.key(0), x))
+    assert positional["params"]["fc"]["kernel"].shape[-1] == 10
