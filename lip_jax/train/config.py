@@ -96,8 +96,8 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     checks = [
         ("model", c.model in list_models(), f"unknown model; known: {', '.join(list_models())}"),
         ("dtype", c.dtype in ("float32", "bfloat16"), 'must be "float32" or "bfloat16"'),
-        ("dataset", c.dataset in ("fashion_mnist", "imagenet2012"),
-         'must be "fashion_mnist" or "imagenet2012"'),
+        ("dataset", c.dataset in ("fashion_mnist", "imagenet2012", "small_objects"),
+         'must be "fashion_mnist", "imagenet2012" or "small_objects"'),
         ("data_format", c.data_format in ("array_record", "tfrecord"),
          'must be "array_record" or "tfrecord"'),
         ("batch_size", isinstance(c.batch_size, int) and c.batch_size > 0, "must be > 0"),
