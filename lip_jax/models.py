@@ -1,37 +1,76 @@
-"""Model registry: `create_model(name, ...)` -> a `flax.linen.Module`; `list_models()`.
+"""Model registry: `create_model(name, ...)` -> a `flax.linen.Module`; `list_models()`;
+`model_spec(name)` -> the model's `ModelSpec` (factory, input size, paper numbers).
 
-Every model maps `(N, H, W, 3)` images to `(N, num_classes)` logits:
+Every model maps `(N, H, W, C)` images to `(N, num_classes)` logits:
 `model.init(rng, images, train=False)` gives `{"params", "batch_stats"}`, and
 `model.apply(variables, images, train=True, mutable=["batch_stats"])` trains.
+Every model takes `pool=` one of `POOL_CHOICES` (or a `Pooling`): the names
+`lip_resnet50`, `lip_densenet121`, `lip_cnn` are `resnet50`, `densenet121`, `cnn` with
+`pool="lip"`, the plain names are their baselines (`pool="strided"`).
 """
 
+from collections.abc import Callable
+import difflib
 import functools
+from typing import NamedTuple
 
 import jax.numpy as jnp
 
 from lip_jax.linen.densenet import DenseNet
+from lip_jax.linen.downsample import POOL_CHOICES, Pooling, pooling
 from lip_jax.linen.resnet import ResNet
 from lip_jax.linen.small_cnn import SmallCNN
+
+__all__ = ["POOL_CHOICES", "ModelSpec", "create_model", "list_models", "model_spec"]
+
+
+class ModelSpec(NamedTuple):
+    """One registered model: `factory(pool=..., **fields)` builds it; `input_shape` is
+    `(H, W, C)` of its images; the paper's parameter count (millions) and multiply-adds
+    (billions, at `input_shape`) where the LIP paper reports them."""
+
+    factory: Callable
+    input_shape: tuple[int, int, int] = (224, 224, 3)
+    paper_params_m: float | None = None
+    paper_gmacs: float | None = None
+
 
 _STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
            152: (3, 8, 36, 3)}
 
 
-def _resnet(depth, lip):
-    block = "basic" if depth < 50 else "bottleneck"
-    # The official LIP-ResNet zero-initialises bn3; torchvision's baselines do not.
-    return functools.partial(ResNet, stage_sizes=_STAGES[depth], block=block, lip=lip,
-                             zero_init_residual=lip)
+def _resnet(depth: int, default_pool: str):
+    def build(pool: str | Pooling = default_pool, **kw):
+        pool = pooling(pool)
+        # The official LIP-ResNet zero-initialises bn3; torchvision's baselines do not.
+        fields = dict(stage_sizes=_STAGES[depth], block="basic" if depth < 50 else "bottleneck",
+                      zero_init_residual=pool is not None and pool.name == "lip")
+        return ResNet(pool=pool, **{**fields, **kw})
+    return build
 
 
-_MODELS = {
-    **{f"resnet{d}": _resnet(d, False) for d in _STAGES},
-    **{f"lip_resnet{d}": _resnet(d, True) for d in _STAGES},
-    "densenet121": functools.partial(DenseNet, block_sizes=(6, 12, 24, 16)),
-    "lip_densenet121": functools.partial(DenseNet, block_sizes=(6, 12, 24, 16), lip=True),
-    "lip_cnn": functools.partial(SmallCNN, lip=True),  # the Fashion-MNIST default job
-    "cnn": functools.partial(SmallCNN, lip=False),
+def _with_pool(cls, default_pool: str, **fields):
+    def build(pool: str | Pooling = default_pool, **kw):
+        return cls(pool=pooling(pool), **{**fields, **kw})
+    return build
+
+
+_DENSENET121 = dict(block_sizes=(6, 12, 24, 16))
+_PAPER = {"lip_resnet50": (23.9, 5.33), "lip_resnet101": (42.9, 9.06),
+          "lip_densenet121": (8.7, 4.13), "resnet50": (25.6, 4.12), "resnet101": (44.5, 7.85),
+          "densenet121": (8.0, 2.88)}
+"""(params in millions, GMACs at 224x224) from the LIP paper's tables."""
+
+_FACTORIES = {
+    **{f"resnet{d}": _resnet(d, "strided") for d in _STAGES},
+    **{f"lip_resnet{d}": _resnet(d, "lip") for d in _STAGES},
+    "densenet121": _with_pool(DenseNet, "strided", **_DENSENET121),
+    "lip_densenet121": _with_pool(DenseNet, "lip", **_DENSENET121),
 }
+_MODELS = {name: ModelSpec(factory, (224, 224, 3), *_PAPER.get(name, (None, None)))
+           for name, factory in _FACTORIES.items()}
+_MODELS["lip_cnn"] = ModelSpec(_with_pool(SmallCNN, "lip"), (28, 28, 1))  # the default job
+_MODELS["cnn"] = ModelSpec(_with_pool(SmallCNN, "strided"), (28, 28, 1))
 
 
 def list_models() -> list[str]:
@@ -39,12 +78,23 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_spec(name: str) -> ModelSpec:
+    """The `ModelSpec` of model `name`; an unknown name raises ValueError with the closest
+    known names."""
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, list_models(), n=3)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise ValueError(f"unknown model {name!r}; {hint}known models: "
+                         f"{', '.join(list_models())}")
+    return _MODELS[name]
+
+
 def create_model(name: str, *, num_classes: int = 1000, dtype=jnp.float32, **kw):
     """Builds model `name`; `dtype` is the compute dtype (params stay `param_dtype`, f32).
 
-    Extra keyword arguments override architecture fields, e.g. `width=8` for a tiny test
-    variant of a ResNet or `block_sizes=(1, 1)` for a DenseNet.
+    Extra keyword arguments override architecture fields: `pool` (one of `POOL_CHOICES`
+    or a `Pooling`; default the name's own), `global_pool` ("avg" or "lip"),
+    `features_only` (ResNets and DenseNets: a dict of stage outputs "C2".."C5"),
+    `width=8` for a tiny test variant of a ResNet or `block_sizes=(1, 1)` for a DenseNet.
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return _MODELS[name](num_classes=num_classes, dtype=dtype, **kw)
+    return model_spec(name).factory(num_classes=num_classes, dtype=dtype, **kw)

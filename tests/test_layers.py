@@ -40,8 +40,8 @@ def test_linen_and_nnx_give_equal_outputs_from_equal_variables(name):
     make_linen, make_nnx = PAIRS[name]
     params = _perturbed(make_linen().init(jax.random.key(0), X)["params"])
     graph, state = nnx.split(make_nnx(nnx.Rngs(0)))
-    assert jax.tree.map(jnp.shape, state.to_pure_dict()) == jax.tree.map(jnp.shape, params)
-    state.replace_by_pure_dict(params)
+    assert jax.tree.map(jnp.shape, nnx.to_pure_dict(state)) == jax.tree.map(jnp.shape, params)
+    nnx.replace_by_pure_dict(state, params)
     expected = make_linen().apply({"params": params}, X)
     np.testing.assert_allclose(nnx.merge(graph, state)(X), expected, rtol=1e-6, atol=1e-6)
     assert expected.shape[1:3] == ((5, 4) if name != "bottleneck" else (4, 4))
@@ -78,7 +78,7 @@ def test_linen_layer_inside_an_nnx_model():
             return self.out(self.pool(x).mean((1, 2)))
 
     net = nnx.bridge.lazy_init(Net(nnx.Rngs(0)), X)
-    params = nnx.state(net.pool, nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(net.pool, nnx.Param))
     pooled = linen_lip.apply({"params": params}, X)
     np.testing.assert_allclose(net(X), net.out(pooled.mean((1, 2))), rtol=1e-6, atol=1e-6)
 
@@ -96,7 +96,7 @@ def test_nnx_layer_inside_a_linen_model():
     pool_params = jax.tree.map(lambda v: getattr(v, "value", v), variables["params"]["pool"],
                                is_leaf=lambda v: hasattr(v, "value"))
     graph, state = nnx.split(make(nnx.Rngs(1)))
-    state.replace_by_pure_dict(pool_params)
+    nnx.replace_by_pure_dict(state, pool_params)
     pooled = nnx.merge(graph, state)(X)
     dense = variables["params"]["Dense_0"]
     np.testing.assert_allclose(Net().apply(variables, X),

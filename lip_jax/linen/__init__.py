@@ -1,8 +1,9 @@
-"""LIP layers as Flax Linen modules."""
+"""LIP, DPP and region-LIP layers as Flax Linen modules."""
 
 from lip_jax.linen.logits import (BottleneckLogit, BottleneckTrunk, InstanceNorm, LogitHead,
                                   ProjectionLogit, SimplifiedLogit)
-from lip_jax.linen.pooling import LIP
+from lip_jax.linen.pooling import DPP, LIP
+from lip_jax.linen.regions import AdaptiveLIP, GlobalLIP, RoILIP
 
-__all__ = ["LIP", "BottleneckLogit", "BottleneckTrunk", "InstanceNorm", "LogitHead",
-           "ProjectionLogit", "SimplifiedLogit"]
+__all__ = ["LIP", "DPP", "GlobalLIP", "AdaptiveLIP", "RoILIP", "BottleneckLogit",
+           "BottleneckTrunk", "InstanceNorm", "LogitHead", "ProjectionLogit", "SimplifiedLogit"]

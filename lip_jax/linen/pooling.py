@@ -1,10 +1,11 @@
-"""The LIP pooling layer (Linen)."""
+"""Local pooling layers (Linen): LIP and DPP."""
 
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 
+from lip_jax.dpp import dpp_pool
 from lip_jax.ops import Padding, lip_pool, window_share
 
 IMPORTANCE = "importance"
@@ -38,3 +39,26 @@ class LIP(nn.Module):
             self.sow(IMPORTANCE, "window_share", window_share(
                 logits, self.window_shape, self.strides, self.padding))
         return lip_pool(x, logits, self.window_shape, self.strides, self.padding)
+
+
+class DPP(nn.Module):
+    """Detail-preserving pooling (Lite-DPP, `lip_jax.dpp.dpp_pool`) with learned per-channel
+    `alpha = exp(log_alpha)` and `lambda = exp(log_lambda)` (positive; both 1 at init).
+
+    `asymmetric` picks rho_asym. Defaults k3/s2/p1: `(N, H, W, C) -> (N, ceil(H/2),
+    ceil(W/2), C)`. Params `log_alpha`, `log_lambda`, each `(C,)`.
+    """
+
+    window_shape: Sequence[int] = (3, 3)
+    strides: Sequence[int] | None = (2, 2)
+    padding: Padding = ((1, 1), (1, 1))
+    asymmetric: bool = False
+    param_dtype: jax.typing.DTypeLike = jax.numpy.float32
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (x.shape[-1],)
+        log_alpha = self.param("log_alpha", nn.initializers.zeros, shape, self.param_dtype)
+        log_lambda = self.param("log_lambda", nn.initializers.zeros, shape, self.param_dtype)
+        return dpp_pool(x, jax.numpy.exp(log_alpha), jax.numpy.exp(log_lambda),
+                        self.window_shape, self.strides, self.padding, self.asymmetric)

@@ -1,10 +1,17 @@
-"""The LIP pooling layer (NNX)."""
+"""Local pooling layers (NNX): LIP and DPP, with the variable trees of `lip_jax.linen`."""
 
 from collections.abc import Callable, Sequence
 
+import jax.numpy as jnp
 from flax import nnx
 
+from lip_jax.dpp import dpp_pool
 from lip_jax.ops import Padding, lip_pool
+
+
+def _geometry(window_shape, strides, padding):
+    return (tuple(window_shape), None if strides is None else tuple(strides),
+            padding if isinstance(padding, str) else tuple(map(tuple, padding)))
 
 
 class LIP(nnx.Module):
@@ -14,10 +21,27 @@ class LIP(nnx.Module):
                  strides: Sequence[int] | None = (2, 2),
                  padding: Padding = ((1, 1), (1, 1))):
         self.logit = logit
-        self.window_shape = tuple(window_shape)
-        self.strides = None if strides is None else tuple(strides)
-        self.padding = padding if isinstance(padding, str) else tuple(map(tuple, padding))
+        self.window_shape, self.strides, self.padding = _geometry(window_shape, strides,
+                                                                  padding)
 
     def __call__(self, x, logit_input=None):
         logits = self.logit(x if logit_input is None else logit_input)
         return lip_pool(x, logits, self.window_shape, self.strides, self.padding)
+
+
+class DPP(nnx.Module):
+    """Detail-preserving pooling with learned per-channel `alpha = exp(log_alpha)`,
+    `lambda = exp(log_lambda)`; see `lip_jax.linen.DPP`."""
+
+    def __init__(self, num_features: int, window_shape: Sequence[int] = (3, 3),
+                 strides: Sequence[int] | None = (2, 2), padding: Padding = ((1, 1), (1, 1)),
+                 asymmetric: bool = False, *, param_dtype=jnp.float32):
+        self.window_shape, self.strides, self.padding = _geometry(window_shape, strides,
+                                                                  padding)
+        self.asymmetric = asymmetric
+        self.log_alpha = nnx.Param(jnp.zeros((num_features,), param_dtype))
+        self.log_lambda = nnx.Param(jnp.zeros((num_features,), param_dtype))
+
+    def __call__(self, x):
+        return dpp_pool(x, jnp.exp(self.log_alpha[...]), jnp.exp(self.log_lambda[...]),
+                        self.window_shape, self.strides, self.padding, self.asymmetric)

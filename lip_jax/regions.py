@@ -1,0 +1,174 @@
+"""LIP beyond local windows: global, adaptive (PyTorch bins) and RoI importance pooling.
+
+Each is an importance-weighted mean `sum w x / sum w` with `w = exp(logits)` over a
+region: all positions (`global_lip_pool`), PyTorch's adaptive-pool bins
+(`adaptive_lip_pool`), or the bilinear samples of RoIAlign (`roi_lip_pool`). Zero
+logits give the classical counterpart (global average, `adaptive_avg_pool2d`,
+`roi_align`); logits `beta * inputs` tend to the max over the region as beta grows.
+Logits are shifted by their (stop-gradient) maximum over each region before `exp` (the result is unchanged)
+and sums run in float32 (float64 for float64 inputs), so no logit magnitude overflows.
+Gradients are autodiff's, which is exact here.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _compute(x) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"expected floats, got {x.dtype}")
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _logits_like(x, logits) -> jax.Array:
+    """`logits` in x's compute dtype, broadcast to `x.shape[:-1] + (C or 1,)`."""
+    l = _compute(logits).astype(x.dtype)
+    return jnp.broadcast_to(l, x.shape[:-1] + (l.shape[-1] if l.ndim else 1,))
+
+
+def global_lip_pool(inputs, logits):
+    """Importance-weighted mean over every spatial position, `(N, *spatial, C) -> (N, C)`.
+
+    `logits` broadcast to `inputs` (per channel `(N, *spatial, C)` or shared
+    `(N, *spatial, 1)`). Zero logits give global average pooling.
+    """
+    x = _compute(inputs)
+    if x.ndim < 3:
+        raise ValueError(f"inputs of shape {x.shape}: expected (N, *spatial, C)")
+    l = _logits_like(x, logits)
+    spatial = tuple(range(1, x.ndim - 1))
+    w = jnp.exp(l - jax.lax.stop_gradient(jnp.max(l, axis=spatial, keepdims=True)))
+    out = jnp.sum(w * x, axis=spatial) / jnp.sum(w, axis=spatial)
+    return out.astype(jnp.asarray(inputs).dtype)
+
+
+def adaptive_bins(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's adaptive-pool bins along one axis: bin i spans `floor(i * size / out)`
+    to `ceil((i + 1) * size / out)` (exclusive). Returns `(index, valid)`, both
+    `(out, longest bin)`: each bin's positions, padded with valid False."""
+    i = np.arange(out)
+    start, end = (i * size) // out, -((-(i + 1) * size) // out)
+    index = start[:, None] + np.arange(int((end - start).max()))
+    valid = index < end[:, None]
+    return np.minimum(index, size - 1), valid
+
+
+def adaptive_lip_pool(inputs, logits, output_size: int | Sequence[int]):
+    """Importance-weighted mean over PyTorch's adaptive bins.
+
+    `inputs` `(N, *spatial, C)` -> `(N, *output_size, C)`; `output_size` an int (every
+    spatial dim) or one int per spatial dim; `logits` broadcast to `inputs`. With zero
+    logits this equals `torch.nn.functional.adaptive_avg_pool2d` (channels-last) for any
+    sizes. Each bin's logits are shifted by their maximum, so large logits never underflow.
+    """
+    x = _compute(inputs)
+    n_spatial = x.ndim - 2
+    if n_spatial < 1:
+        raise ValueError(f"inputs of shape {x.shape}: expected (N, *spatial, C)")
+    sizes = (output_size,) * n_spatial if isinstance(output_size, int) else tuple(output_size)
+    if len(sizes) != n_spatial or any(int(o) < 1 for o in sizes):
+        raise ValueError(f"output_size {output_size!r} needs {n_spatial} positive ints for "
+                         f"inputs of shape {x.shape}")
+    l = _logits_like(x, logits)
+    bins = [adaptive_bins(size, int(out)) for size, out in zip(x.shape[1:-1], sizes)]
+    mask = np.ones((1,) * (2 + 2 * n_spatial), bool)
+    for i, (index, valid) in enumerate(bins):  # spatial dim i becomes (bins, positions)
+        axis = 1 + 2 * i
+        split = lambda a: a.reshape(a.shape[:axis] + index.shape + a.shape[axis + 1:])
+        x = split(jnp.take(x, index.reshape(-1), axis=axis))
+        l = split(jnp.take(l, index.reshape(-1), axis=axis))
+        shape = [1] * mask.ndim
+        shape[axis:axis + 2] = valid.shape
+        mask = mask & valid.reshape(shape)
+    positions = tuple(range(2, x.ndim - 1, 2))
+    shift = jax.lax.stop_gradient(jnp.max(jnp.where(mask, l, -jnp.inf), axis=positions,
+                                          keepdims=True))
+    w = jnp.exp(jnp.where(mask, l - shift, -jnp.inf))
+    out = jnp.sum(w * x, axis=positions) / jnp.sum(w, axis=positions)
+    return out.astype(jnp.asarray(inputs).dtype)
+
+
+def _sample_axis(coord, size: int):
+    """torchvision's bilinear rule along one axis: (low, high, low weight, high weight)
+    indices and weights, with weights 0 for samples outside [-1, size]."""
+    inside = (coord >= -1.0) & (coord <= size)
+    c = jnp.maximum(coord, 0.0)
+    low = jnp.floor(c).astype(jnp.int32)
+    at_end = low >= size - 1
+    low = jnp.where(at_end, size - 1, low)
+    high = jnp.where(at_end, size - 1, low + 1)
+    frac = jnp.where(at_end, 0.0, c - low)
+    return low, high, jnp.where(inside, 1 - frac, 0.0), jnp.where(inside, frac, 0.0)
+
+
+def _bilinear(maps, batch, ys, xs):
+    """Samples `maps` `(N, H, W, C)` at rows `ys` `(K, Y)` x columns `xs` `(K, X)` of image
+    `batch` `(K,)`: `(K, Y, X, C)`, 0 outside [-1, H] x [-1, W] as in torchvision."""
+    y0, y1, wy0, wy1 = _sample_axis(ys, maps.shape[1])
+    x0, x1, wx0, wx1 = _sample_axis(xs, maps.shape[2])
+    b = batch[:, None, None]
+    out = 0.0
+    for yi, wy in ((y0, wy0), (y1, wy1)):
+        for xi, wx in ((x0, wx0), (x1, wx1)):
+            weight = (wy[:, :, None] * wx[:, None, :])[..., None]
+            out = out + weight * maps[b, yi[:, :, None], xi[:, None, :]]
+    return out
+
+
+def roi_lip_pool(features, logits, boxes, output_size: int | Sequence[int],
+                 spatial_scale: float = 1.0, sampling_ratio: int = 2, aligned: bool = True):
+    """RoIAlign whose bilinear samples are averaged with weights exp(logits).
+
+    Args:
+      features: `(N, H, W, C)`.
+      logits: broadcastable to `features` (`(N, H, W, C)` or `(N, H, W, 1)`), sampled at
+        the same bilinear points as the features.
+      boxes: `(K, 5)` rows `(batch_index, x1, y1, x2, y2)` in input pixels.
+      output_size: `(out_h, out_w)` or an int.
+      spatial_scale: feature-map pixels per input pixel (1/stride).
+      sampling_ratio: samples per bin along each axis (torchvision's adaptive choice,
+        `sampling_ratio <= 0`, needs data-dependent shapes and is not supported).
+      aligned: shift box corners by -0.5 pixel (torchvision's `aligned=True`).
+    Returns:
+      `(K, out_h, out_w, C)` in the features' dtype. Samples outside `[-1, H] x [-1, W]`
+      read 0 for features and logits (weight exp(0)), as torchvision's samples read 0, so
+      zero logits equal `torchvision.ops.roi_align` with the same arguments.
+    """
+    f = _compute(features)
+    if f.ndim != 4:
+        raise ValueError(f"features of shape {f.shape}: expected (N, H, W, C)")
+    boxes = jnp.asarray(boxes)
+    if boxes.ndim != 2 or boxes.shape[1] != 5:
+        raise ValueError(f"boxes of shape {boxes.shape}: expected (K, 5) rows "
+                         "(batch_index, x1, y1, x2, y2)")
+    out_h, out_w = (output_size,) * 2 if isinstance(output_size, int) else output_size
+    if int(sampling_ratio) < 1:
+        raise ValueError(f"sampling_ratio must be >= 1, got {sampling_ratio} (the adaptive "
+                         "choice has data-dependent shapes)")
+    g = int(sampling_ratio)
+    l = _logits_like(f, logits)
+    b = boxes.astype(f.dtype)
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (b[:, i] * spatial_scale - offset for i in range(1, 5))
+    width, height = x2 - x1, y2 - y1
+    if not aligned:
+        width, height = jnp.maximum(width, 1.0), jnp.maximum(height, 1.0)
+
+    def points(start, length, bins):  # (K, bins * g) sample coordinates, bin-major
+        step = (length / bins)[:, None]
+        i = jnp.arange(bins * g)
+        return start[:, None] + step * (i // g + (i % g + 0.5) / g)
+
+    ys, xs = points(y1, height, out_h), points(x1, width, out_w)
+    batch = boxes[:, 0].astype(jnp.int32)
+    k = boxes.shape[0]
+    values = _bilinear(f, batch, ys, xs).reshape(k, out_h, g, out_w, g, f.shape[-1])
+    weights = _bilinear(l, batch, ys, xs).reshape(k, out_h, g, out_w, g, l.shape[-1])
+    weights = jnp.exp(weights - jax.lax.stop_gradient(
+        jnp.max(weights, axis=(2, 4), keepdims=True)))
+    out = jnp.sum(weights * values, axis=(2, 4)) / jnp.sum(weights, axis=(2, 4))
+    return out.astype(jnp.asarray(features).dtype)

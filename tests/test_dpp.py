@@ -1,0 +1,110 @@
+"""Detail-preserving pooling against a direct NumPy statement of the DPP paper's formula."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.test_util import check_grads
+
+from lip_jax import average_pool, blur_pool, dpp_pool
+from lip_jax import linen as L, nnx as N
+
+GEOMETRIES = [((3, 3), (2, 2), ((1, 1), (1, 1))), ((2, 2), (2, 2), "VALID"),
+              ((3, 2), (1, 2), ((0, 1), (1, 0)))]
+
+
+def numpy_dpp(x, alpha, lam, window, strides, pads, asymmetric, eps=1e-3):
+    """Saeedan et al. (CVPR 2018), Eqs. 4-7, Lite-DPP: for each output p,
+    I~[p] = mean of the window's in-image pixels, w[p, q] = alpha + rho(I[q] - I~[p]),
+    rho_sym(d) = sqrt(d^2 + eps^2)^lambda, rho_asym(d) = sqrt(max(0, d)^2 + eps^2)^lambda,
+    out[p] = sum_q w[p, q] I[q] / sum_q w[p, q]."""
+    n, h, wd, c = x.shape
+    (kh, kw), (sh, sw), ((ph, _), (pw, _)) = window, strides, pads
+    oh = (h + sum(pads[0]) - kh) // sh + 1
+    ow = (wd + sum(pads[1]) - kw) // sw + 1
+    out = np.zeros((n, oh, ow, c))
+    for b, i, j, ch in itertools.product(range(n), range(oh), range(ow), range(c)):
+        rows = range(max(i * sh - ph, 0), min(i * sh - ph + kh, h))
+        cols = range(max(j * sw - pw, 0), min(j * sw - pw + kw, wd))
+        values = np.array([x[b, r, s, ch] for r in rows for s in cols], np.float64)
+        d = values - values.mean()
+        if asymmetric:
+            d = np.maximum(d, 0)
+        w = alpha[ch] + np.sqrt(d ** 2 + eps ** 2) ** lam[ch]
+        out[b, i, j, ch] = np.sum(w * values) / np.sum(w)
+    return out
+
+
+def explicit_pads(padding):
+    return ((0, 0), (0, 0)) if padding == "VALID" else padding
+
+
+@pytest.mark.parametrize("asymmetric", [False, True], ids=["symmetric", "asymmetric"])
+@pytest.mark.parametrize("window, strides, padding", GEOMETRIES)
+def test_dpp_equals_the_papers_formula(window, strides, padding, asymmetric):
+    rng = np.random.default_rng(len(window) + strides[1])
+    x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
+    alpha, lam = rng.uniform(0.1, 2, 3), rng.uniform(0.3, 3, 3)
+    out = dpp_pool(x, alpha, lam, window, strides, padding, asymmetric=asymmetric)
+    expected = numpy_dpp(x, alpha, lam, window, strides,
+                         explicit_pads(padding), asymmetric)
+    np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-6)
+
+
+def test_large_alpha_or_zero_lambda_is_average_pooling():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 8, 4))
+    geometry = ((3, 3), (2, 2), ((1, 1), (1, 1)))
+    average = average_pool(x, *geometry)
+    np.testing.assert_allclose(dpp_pool(x, 1e6, 1.0, *geometry), average, atol=1e-5)
+    np.testing.assert_allclose(dpp_pool(x, 0.5, 0.0, *geometry), average, atol=1e-5)
+    asym = dpp_pool(x, 0.0, 4.0, *geometry, asymmetric=True)
+    assert float(jnp.mean(asym - average)) > 0.1  # rewards pixels above the window mean
+
+
+def test_gradients_are_exact_in_float64():
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2), jnp.float64)
+        f = lambda x, a, l: dpp_pool(x, a, l, (3, 3), (2, 2), ((1, 1), (1, 1)), True)
+        check_grads(f, (x, jnp.array([0.5, 1.0]), jnp.array([1.5, 2.0])),
+                    order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+def test_blur_pool_is_a_normalised_binomial_filter():
+    x = jax.random.normal(jax.random.key(0), (1, 6, 5, 2))
+    out = blur_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    k = np.outer([1, 2, 1], [1, 2, 1])
+    xp = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    mp = np.pad(np.ones((6, 5)), 1)
+    for i, j in itertools.product(range(3), range(3)):
+        patch = xp[0, 2 * i:2 * i + 3, 2 * j:2 * j + 3]
+        mask = mp[2 * i:2 * i + 3, 2 * j:2 * j + 3] * k
+        expected = np.tensordot(mask, patch, ((0, 1), (0, 1))) / mask.sum()
+        np.testing.assert_allclose(out[0, i, j], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_empty_batch():
+    x = jnp.zeros((0, 6, 6, 3))
+    assert dpp_pool(x, 1.0, 1.0, (2, 2), (2, 2)).shape == (0, 3, 3, 3)
+    assert blur_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))).shape == (0, 3, 3, 3)
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_linen_and_nnx_layers_agree(asymmetric):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 8, 4))
+    linen = L.DPP(asymmetric=asymmetric)
+    params = linen.init(jax.random.key(0), x)["params"]
+    params = jax.tree.map(lambda p: p + jnp.linspace(-0.5, 0.5, p.size), params)
+    graph, state = nnx.split(N.DPP(4, asymmetric=asymmetric))
+    assert jax.tree.map(jnp.shape, nnx.to_pure_dict(state)) == jax.tree.map(jnp.shape, params)
+    nnx.replace_by_pure_dict(state, params)
+    expected = linen.apply({"params": params}, x)
+    np.testing.assert_allclose(nnx.merge(graph, state)(x), expected, rtol=1e-6)
+    np.testing.assert_allclose(expected, dpp_pool(x, np.exp(params["log_alpha"]),
+                                                  np.exp(params["log_lambda"]), (3, 3),
+                                                  (2, 2), ((1, 1), (1, 1)), asymmetric),
+                               rtol=1e-6, atol=1e-6)
+    grads = jax.grad(lambda p: jnp.sum(linen.apply({"params": p}, x) ** 2))(params)
+    assert all(float(jnp.abs(g).min()) > 0 for g in jax.tree.leaves(grads))

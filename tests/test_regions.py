@@ -1,0 +1,136 @@
+"""Global, adaptive and RoI LIP: zero logits give the classical pooling (PyTorch,
+torchvision), logits beta * inputs tend to the max over each region, gradients exact."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.test_util import check_grads
+
+from lip_jax import adaptive_lip_pool, global_lip_pool, roi_lip_pool
+from lip_jax import linen as L, nnx as N
+
+torch = pytest.importorskip("torch")
+torchvision_ops = pytest.importorskip("torchvision.ops")
+
+to_nchw = lambda a: torch.tensor(np.asarray(a)).permute(0, 3, 1, 2)
+to_nhwc = lambda t: t.detach().permute(0, 2, 3, 1).numpy()
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((2, 7, 11, 3)).astype(np.float32)
+FEATURES = RNG.standard_normal((2, 9, 8, 3)).astype(np.float32)
+BOXES = np.array([[0, 1.3, 0.2, 5.7, 6.1],    # inside
+                  [1, -3.0, -2.0, 4.0, 3.0],  # crossing the top-left border
+                  [1, 5.0, 4.0, 12.5, 11.0],  # crossing the bottom-right border
+                  [0, 2.0, 2.0, 2.4, 2.2]],   # smaller than a pixel
+                 np.float32)
+
+
+def test_global_lip_pool_zero_logits_is_the_mean_and_large_beta_the_max():
+    np.testing.assert_allclose(global_lip_pool(X, jnp.zeros(())), X.mean((1, 2)), rtol=1e-5,
+                               atol=1e-6)
+    gaps = [float(jnp.max(X.max((1, 2)) - global_lip_pool(X, beta * X)))
+            for beta in (1.0, 10.0, 100.0)]
+    assert gaps[0] > gaps[1] > gaps[2] >= 0 and gaps[2] < 0.05
+
+
+@pytest.mark.parametrize("output_size", [(1, 1), (3, 4), (7, 11), (5, 2), (10, 13), (4, 3)])
+def test_adaptive_lip_pool_zero_logits_is_torch_adaptive_avg_pool(output_size):
+    xt = to_nchw(X).requires_grad_()
+    expected = torch.nn.functional.adaptive_avg_pool2d(xt, output_size)
+    cot = RNG.standard_normal(expected.shape).astype(np.float32)
+    expected.backward(torch.tensor(cot))
+    out, vjp = jax.vjp(lambda x: adaptive_lip_pool(x, jnp.zeros(x.shape), output_size), X)
+    np.testing.assert_allclose(out, to_nhwc(expected), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vjp(cot.transpose(0, 2, 3, 1))[0], to_nhwc(xt.grad), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_adaptive_lip_pool_large_beta_is_torch_adaptive_max_pool():
+    expected = to_nhwc(torch.nn.functional.adaptive_max_pool2d(to_nchw(X), (3, 4)))
+    gaps = [float(jnp.max(expected - adaptive_lip_pool(X, beta * X, (3, 4))))
+            for beta in (1.0, 10.0, 100.0)]
+    assert gaps[0] > gaps[1] > gaps[2] >= 0 and gaps[2] < 0.05
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "not-aligned"])
+@pytest.mark.parametrize("sampling_ratio, spatial_scale, output_size",
+                         [(1, 1.0, (2, 2)), (2, 0.5, (3, 2)), (3, 1.0, (1, 4))])
+def test_roi_lip_pool_zero_logits_is_torchvision_roi_align(aligned, sampling_ratio,
+                                                           spatial_scale, output_size):
+    ft = to_nchw(FEATURES).requires_grad_()
+    expected = torchvision_ops.roi_align(ft, torch.tensor(BOXES), output_size, spatial_scale,
+                                         sampling_ratio, aligned)
+    cot = RNG.standard_normal(expected.shape).astype(np.float32)
+    expected.backward(torch.tensor(cot))
+    pool = lambda f: roi_lip_pool(f, jnp.zeros(f.shape[:-1] + (1,)), BOXES, output_size,
+                                  spatial_scale, sampling_ratio, aligned)
+    out, vjp = jax.vjp(jax.jit(pool), FEATURES)
+    np.testing.assert_allclose(out, to_nhwc(expected), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vjp(cot.transpose(0, 2, 3, 1))[0], to_nhwc(ft.grad),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_roi_lip_pool_large_beta_is_the_max_over_each_bins_samples():
+    """Box (0, 0)-(4, 4) aligned, 2x2 bins, 2x2 samples: the samples are pixels 0..3, so
+    each bin's samples are a 2x2 block of pixels."""
+    boxes = np.array([[1, 0.0, 0.0, 4.0, 4.0]], np.float32)
+    expected = FEATURES[1, :4, :4].reshape(2, 2, 2, 2, 3).max((1, 3))
+    gaps = [float(jnp.max(expected - roi_lip_pool(FEATURES, beta * FEATURES, boxes, 2)[0]))
+            for beta in (1.0, 10.0, 100.0)]
+    assert gaps[0] > gaps[1] > gaps[2] >= 0 and gaps[2] < 0.05
+
+
+def test_gradients_of_features_and_logits_are_exact_in_float64():
+    with jax.enable_x64(True):
+        f = jnp.asarray(FEATURES[:, :5, :5], jnp.float64)
+        l = jnp.asarray(RNG.standard_normal(f.shape))
+        boxes = jnp.asarray(BOXES[:2], jnp.float64)
+        for op in (global_lip_pool, functools.partial(adaptive_lip_pool, output_size=(2, 3)),
+                   lambda f, l: roi_lip_pool(f, l, boxes, (2, 2), 0.7, 2, True)):
+            check_grads(jax.jit(op), (f, l), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+def test_empty_batch_and_no_boxes():
+    x = jnp.zeros((0, 5, 4, 3))
+    assert global_lip_pool(x, x).shape == (0, 3)
+    assert adaptive_lip_pool(x, x, (2, 3)).shape == (0, 2, 3, 3)
+    assert roi_lip_pool(FEATURES, FEATURES, np.zeros((0, 5)), (2, 2)).shape == (0, 2, 2, 3)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="output_size"):
+        adaptive_lip_pool(X, X, (2, 2, 2))
+    with pytest.raises(ValueError, match=r"boxes of shape \(3, 4\)"):
+        roi_lip_pool(FEATURES, FEATURES, np.zeros((3, 4)), 2)
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        roi_lip_pool(FEATURES, FEATURES, BOXES, 2, sampling_ratio=0)
+
+
+LAYERS = {
+    "global": (lambda: L.GlobalLIP(L.ProjectionLogit(zero_init=False)),
+               lambda rngs: N.GlobalLIP(N.ProjectionLogit(3, zero_init=False, rngs=rngs)),
+               lambda layer, x: layer(x)),
+    "adaptive": (lambda: L.AdaptiveLIP(L.ProjectionLogit(1, zero_init=False), (3, 2)),
+                 lambda rngs: N.AdaptiveLIP(N.ProjectionLogit(3, 1, zero_init=False,
+                                                              rngs=rngs), (3, 2)),
+                 lambda layer, x: layer(x)),
+    "roi": (lambda: L.RoILIP(L.ProjectionLogit(zero_init=False), (2, 3), 0.5),
+            lambda rngs: N.RoILIP(N.ProjectionLogit(3, zero_init=False, rngs=rngs), (2, 3),
+                                  0.5),
+            lambda layer, x: layer(x, BOXES)),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_linen_and_nnx_layers_agree(name):
+    make_linen, make_nnx, call = LAYERS[name]
+    linen = make_linen()
+    params = linen.init(jax.random.key(0), *([FEATURES] + ([BOXES] if name == "roi" else [])))
+    graph, state = nnx.split(make_nnx(nnx.Rngs(1)))
+    nnx.replace_by_pure_dict(state, params["params"])
+    expected = call(functools.partial(linen.apply, params), FEATURES)
+    np.testing.assert_allclose(call(nnx.merge(graph, state), FEATURES), expected, rtol=1e-5,
+                               atol=1e-6)
