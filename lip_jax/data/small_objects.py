@@ -25,11 +25,11 @@ CLASSES = ("disk", "square", "triangle", "plus", "ring", "bars")
 SPLITS = {"train": (0, 20_000), "test": (1, 4_000)}  # split -> (stream id, examples)
 OBJECT_SIZE = (6, 12)  # pixels across, inclusive
 MAX_ANGLE = 20.0  # degrees
-CONTRAST = (0.2, 0.45)  # object intensity minus local background, in [0, 1] units
-DISTRACTORS = (4, 9)  # fragments per image, [low, high)
+CONTRAST = (0.25, 0.5)  # object intensity minus local background, in [0, 1] units
+DISTRACTORS = (3, 7)  # fragments per image, [low, high)
 SUPERSAMPLE = 4  # sub-pixels per pixel side when drawing (anti-aliasing)
 INFO = DatasetInfo(num_classes=len(CLASSES), num_train=SPLITS["train"][1],
-                   num_eval=SPLITS["test"][1], mean=(127.7,), std=(37.4,))
+                   num_eval=SPLITS["test"][1], mean=(127.4,), std=(28.8,))
 
 __all__ = ["CLASSES", "INFO", "eval_transform", "example", "load", "train_transform"]
 
