@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from show_importance import overlay  # noqa: E402  (a sibling script)
 
 POOLS = ("strided", "lip", "avg", "max", "soft", "blur", "dpp")
-EPOCHS = {"fashion_mnist": 0.5, "small_objects": 1.5}  # the training budget per dataset
+EPOCHS = {"fashion_mnist": 0.5, "small_objects": 1.0}  # the training budget per dataset
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("lip_jax")
 
@@ -61,7 +61,7 @@ def run_name(dataset, pool, global_pool, seed):
 def make_config(args, dataset, pool, global_pool, seed):
     config = default_config()
     config.update(dict(
-        model="resnet18", dataset=dataset, seed=seed, batch_size=64, eval_batch_size=500,
+        model="resnet18", dataset=dataset, seed=seed, batch_size=64, eval_batch_size=100,
         num_epochs=EPOCHS[dataset], max_steps=args.max_steps, log_every_steps=25,
         eval_every_epochs=1e3, checkpoint_every_secs=60.0, keep_checkpoints=1,
         num_threads=2, data_dir=args.data_dir if dataset == "fashion_mnist" else ""))
@@ -82,10 +82,10 @@ def count_params(config) -> int:
 
 def step_time(workdir: Path, batch_size: int) -> float:
     """Median seconds per train step from the loop's logged rates (the first interval,
-    which includes compilation, left out)."""
+    which includes compilation, left out when there are others)."""
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["images_per_sec"] for r in rows if "images_per_sec" in r][1:]
-    return batch_size / float(np.median(rates)) if rates else float("nan")
+    rates = [r["images_per_sec"] for r in rows if "images_per_sec" in r]
+    return batch_size / float(np.median(rates[1:] or rates))
 
 
 def train_one(args, key, runs_dir):
@@ -160,14 +160,16 @@ def bar_chart(rows, path: Path) -> None:
         x0 = k * panel_w + left
         width = (panel_w - left - 10) / len(rs)
         y = lambda v: top + (hi - v) / (hi - lo) * (h - top - bottom)
-        draw.text((x0, 8), f"{dataset}: test accuracy (y from {100 * lo:.0f}%)", fill="black")
+        draw.text((x0, 8), f"{dataset}: test accuracy %, mean and std over seeds "
+                  f"(axis from {100 * lo:.0f})", fill="black")
         for tick in np.linspace(lo, hi, 5):
             draw.line((x0 - 4, y(tick), x0, y(tick)), fill="black")
             draw.text((x0 - 46, y(tick) - 6), f"{100 * tick:.1f}", fill="black")
         draw.line((x0, top, x0, h - bottom), fill="black")
         for i, r in enumerate(rs):
             a, b = x0 + i * width + 4, x0 + (i + 1) * width - 4
-            color = "#d62728" if r["pool"] == "lip" else "#1f77b4"
+            color = {"lip": "#d62728"}.get(r["pool"], "#1f77b4")
+            color = "#8c1c13" if r["global_pool"] == "lip" else color
             draw.rectangle((a, y(r["mean"]), b, h - bottom), fill=color)
             if np.isfinite(r["std"]):
                 mid = (a + b) / 2
@@ -175,7 +177,7 @@ def bar_chart(rows, path: Path) -> None:
                           fill="black", width=2)
                 for v in (r["mean"] - r["std"], r["mean"] + r["std"]):
                     draw.line((mid - 5, y(v), mid + 5, y(v)), fill="black", width=2)
-            label = r["pool"] if r["global_pool"] == "avg" else f"{r['pool']}+G{r['global_pool']}"
+            label = r["pool"] if r["global_pool"] == "avg" else f"{r['pool']}+global {r['global_pool']}"
             draw.text((a, h - bottom + 6 + 12 * (i % 2)), label, fill="black")
     image.save(path)
 
@@ -214,18 +216,18 @@ def importance_figure(args, dataset, out: Path, num_images=6, scale=3) -> dict:
                 share = (mass * inside).sum((1, 2)) / mass.sum((1, 2))
                 measured.setdefault(layer, []).extend(share[mask])
             measured.setdefault("_area", []).extend(inside.mean((1, 2))[mask])
-    figure = np.concatenate(rows, 0)
+    image = Image.fromarray(np.concatenate(rows, 0))
     if dataset == "small_objects":
-        figure = _draw_boxes(figure, small_objects.load("test")[:num_images], scale,
-                             1 + len(maps))
-    Image.fromarray(figure).save(out)
+        _draw_boxes(image, small_objects.load("test")[:num_images], scale, 1 + len(maps))
+    _with_header(image, ["input", *(f"{k} ({m.shape[1]}x{m.shape[2]})"
+                                    for k, m in maps.items())]).save(out)
     area = float(np.mean(measured.pop("_area"))) if measured else None
     return {"layers": list(maps), "box_area_share": area,
             "importance_in_box": {k: float(np.mean(v)) for k, v in measured.items()}}
 
 
-def _draw_boxes(figure, examples, scale, columns):
-    image = Image.fromarray(figure)
+def _draw_boxes(image, examples, scale, columns):
+    """Outlines each example's object box in every tile of its row, in place."""
     draw = ImageDraw.Draw(image)
     tile = small_objects.IMAGE_SIZE * scale + 4
     for i, e in enumerate(examples):
@@ -233,7 +235,16 @@ def _draw_boxes(figure, examples, scale, columns):
         for j in range(columns):
             ox, oy = j * tile + 2, i * tile + 2
             draw.rectangle((ox + x0 - 1, oy + y0 - 1, ox + x1, oy + y1), outline="#00ff00")
-    return np.asarray(image)
+
+
+def _with_header(image, titles):
+    """`image` below a white strip with one title per column of tiles."""
+    out = Image.new("RGB", (image.width, image.height + 16), "white")
+    out.paste(image, (0, 16))
+    draw = ImageDraw.Draw(out)
+    for j, title in enumerate(titles):
+        draw.text((j * image.width // len(titles) + 4, 2), title, fill="black")
+    return out
 
 
 def machine() -> str:
