@@ -9,8 +9,10 @@ same data order per seed, same recipe: Nesterov SGD, cosine, batch 64). Every ru
 `OUT/compare_pooling_runs/<run>.json` when it finishes and keeps its checkpoints in
 `WORKDIR/<run>`: run the command again and finished runs are skipped, an interrupted one
 resumes. Compiled steps are shared across seeds through JAX's persistent compilation cache
-in `WORKDIR/xla_cache`. Then it writes `OUT/compare_pooling.{json,md,png}` (every run;
-mean and standard deviation over seeds; a bar chart with error bars) and
+in `WORKDIR/xla_cache`. Then it times the train step of every configuration in
+interleaved rounds on one batch (`--timing-steps`) and writes
+`OUT/compare_pooling.{json,md,png}` (every run; mean and standard deviation over seeds,
+parameters, step time relative to strided; a bar chart with error bars) and
 `OUT/compare_pooling_importance_<dataset>.png` (the importance maps of the seed-0 LIP model,
 and on small_objects the share of importance inside the object's box).
 """
@@ -35,7 +37,7 @@ from lip_jax.data import small_objects
 from lip_jax.importance import importance_maps
 from lip_jax.models import create_model
 from lip_jax.train.config import check_config, default_config
-from lip_jax.train.loop import latest_state, train_and_evaluate
+from lip_jax.train.loop import Trainer, latest_state, train_and_evaluate
 from lip_jax.train.steps import normalize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -104,25 +106,48 @@ def train_one(args, key, runs_dir):
     return run
 
 
-def summarize(runs):
-    """Per (dataset, pool, global_pool): mean/std of accuracy and step-time ratio over seeds."""
-    strided = {(r["dataset"], r["seed"]): r["step_time_s"] for r in runs if r["pool"] == "strided"}
-    for r in runs:
-        base = strided.get((r["dataset"], r["seed"]))
-        r["step_time_ratio"] = r["step_time_s"] / base if base else float("nan")
+def time_steps(args, configs, steps: int, rounds: int = 3) -> dict:
+    """Median seconds per train step of each `(dataset, pool, global_pool)`, on one fixed
+    batch, measured in interleaved rounds so that other load on a shared machine falls on
+    every configuration alike (the compiled steps come from the persistent cache)."""
+    setups = {}
+    for key in configs:
+        trainer = Trainer(make_config(args, *key, seed=0))
+        batch = trainer.global_batch(next(trainer.input.train_batches(0, 0, 1)))
+        setups[key] = [trainer, trainer.init_state(), batch]
+    times = {key: [] for key in configs}
+    for _ in range(rounds):
+        for key, setup in setups.items():
+            trainer, state, batch = setup
+            state, metrics = trainer.train_step(state, batch)  # warm
+            jax.block_until_ready(metrics)
+            start = time.perf_counter()
+            for _ in range(steps):
+                state, metrics = trainer.train_step(state, batch)
+            jax.block_until_ready(metrics)
+            times[key].append((time.perf_counter() - start) / steps)
+            setup[1] = state
+    return {key: float(np.median(t)) for key, t in times.items()}
+
+
+def summarize(runs, step_times):
+    """Per (dataset, pool, global_pool): accuracy mean/std over seeds, parameters, and the
+    timed train step relative to strided on the same dataset (also set on each run)."""
     groups = {}
     for r in runs:
         groups.setdefault((r["dataset"], r["pool"], r["global_pool"]), []).append(r)
     rows = []
     for (dataset, pool, global_pool), rs in groups.items():
+        ratio = step_times[dataset, pool, global_pool] / step_times.get(
+            (dataset, "strided", "avg"), float("nan"))
+        for r in rs:
+            r["step_time_ratio"] = ratio
         acc = np.array([r["test_accuracy"] for r in rs])
-        ratio = np.array([r["step_time_ratio"] for r in rs])
         rows.append(dict(dataset=dataset, pool=pool, global_pool=global_pool, seeds=len(rs),
                          mean=float(acc.mean()), std=float(acc.std(ddof=1)) if len(rs) > 1
                          else float("nan"), params=rs[0]["params"],
-                         step_time_ratio=float(ratio.mean()),
-                         step_time_ratio_std=float(ratio.std(ddof=1)) if len(rs) > 1
-                         else float("nan")))
+                         timed_step_s=step_times[dataset, pool, global_pool],
+                         step_time_ratio=ratio))
     return rows
 
 
@@ -141,7 +166,7 @@ def markdown(rows) -> str:
                 f"{100 * np.sqrt(r['std']**2 / r['seeds'] + base['std']**2 / base['seeds']):.2f}")
             lines.append(f"| {r['pool']} | {r['global_pool']} | {100 * r['mean']:.2f} ± "
                          f"{100 * r['std']:.2f} | {r['seeds']} | {delta} | {r['params']:,} | "
-                         f"{r['step_time_ratio']:.2f} ± {r['step_time_ratio_std']:.2f} |")
+                         f"{r['step_time_ratio']:.2f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -149,7 +174,7 @@ def markdown(rows) -> str:
 def bar_chart(rows, path: Path) -> None:
     """One panel per dataset: mean test accuracy per pooling, error bars = std over seeds."""
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    panel_w, h, top, bottom, left = 420, 320, 40, 70, 50
+    panel_w, h, top, bottom, left = 480, 330, 40, 80, 50
     image = Image.new("RGB", (panel_w * len(datasets), h), "white")
     draw = ImageDraw.Draw(image)
     for k, dataset in enumerate(datasets):
@@ -168,8 +193,8 @@ def bar_chart(rows, path: Path) -> None:
         draw.line((x0, top, x0, h - bottom), fill="black")
         for i, r in enumerate(rs):
             a, b = x0 + i * width + 4, x0 + (i + 1) * width - 4
-            color = {"lip": "#d62728"}.get(r["pool"], "#1f77b4")
-            color = "#8c1c13" if r["global_pool"] == "lip" else color
+            color = ("#8c1c13" if r["global_pool"] == "lip" else
+                     "#d62728" if r["pool"] == "lip" else "#1f77b4")
             draw.rectangle((a, y(r["mean"]), b, h - bottom), fill=color)
             if np.isfinite(r["std"]):
                 mid = (a + b) / 2
@@ -177,8 +202,10 @@ def bar_chart(rows, path: Path) -> None:
                           fill="black", width=2)
                 for v in (r["mean"] - r["std"], r["mean"] + r["std"]):
                     draw.line((mid - 5, y(v), mid + 5, y(v)), fill="black", width=2)
-            label = r["pool"] if r["global_pool"] == "avg" else f"{r['pool']}+global {r['global_pool']}"
+            label = r["pool"] if r["global_pool"] == "avg" else f"{r['pool']}+g{r['global_pool']}"
             draw.text((a, h - bottom + 6 + 12 * (i % 2)), label, fill="black")
+    draw.text((left, h - 18), "red: LIP; dark red: LIP with a global LIP head (lip+glip); "
+              "error bars: standard deviation over seeds", fill="black")
     image.save(path)
 
 
@@ -195,6 +222,7 @@ def importance_figure(args, dataset, out: Path, num_images=6, scale=3) -> dict:
         images = batch["image"]
         maps = jax.device_get(importance_maps(
             trainer.model, variables, normalize(images, trainer.info.mean, trainer.info.std)))
+        maps = dict(sorted(maps.items(), key=lambda item: -item[1].shape[1]))  # input first
         if n == 0:
             gray = images.mean(-1) / 255.0
             for i in range(num_images):
@@ -269,6 +297,8 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--width", type=int, default=16, help="stem channels (LIP trunk: 2x)")
     parser.add_argument("--max-steps", type=int, default=-1, help="> 0: cap (smoke tests)")
+    parser.add_argument("--timing-steps", type=int, default=20,
+                        help="train steps per configuration and round in the timing pass")
     parser.add_argument("--data-dir", default="", help="Fashion-MNIST folder (default: "
                         "Debian's dataset-fashion-mnist)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "compare_pooling")
@@ -295,7 +325,8 @@ def main(argv=None):
         print(f"[{i + 1}/{len(keys)}] {run_name(*key)}: test accuracy "
               f"{run['test_accuracy']:.4f}, {run['wall_time_s']:.0f} s; ETA {eta / 60:.0f} min",
               flush=True)
-    rows = summarize(runs)
+    configs = list(dict.fromkeys((r["dataset"], r["pool"], r["global_pool"]) for r in runs))
+    rows = summarize(runs, time_steps(args, configs, args.timing_steps))
     importance = {}
     if "lip" in args.pools:
         for dataset in args.datasets:

@@ -16,6 +16,7 @@ def test_compare_pooling_runs_a_tiny_grid_resumes_and_writes_every_report(tmp_pa
     out = tmp_path / "out"
     command = [sys.executable, "experiments/compare_pooling.py", "--datasets", "fashion_mnist",
                "--pools", "strided", "lip", "--seeds", "0", "--width", "4", "--max-steps", "2",
+               "--timing-steps", "1",
                "--data-dir", str(data_dir), "--workdir", str(tmp_path / "work"),
                "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
