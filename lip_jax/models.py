@@ -11,7 +11,6 @@ Every model takes `pool=` one of `POOL_CHOICES` (or a `Pooling`): the names
 
 from collections.abc import Callable
 import difflib
-import functools
 from typing import NamedTuple
 
 import jax.numpy as jnp

@@ -26,8 +26,9 @@ def window_patches(inputs, window_shape, strides=None, padding: Padding = "VALID
     x = jnp.asarray(inputs)
     window = pool_window(x.shape, window_shape, strides, padding)
     lead = x.ndim - len(window_shape) - 1
-    x = jnp.pad(x.astype(jnp.promote_types(x.dtype, jnp.float32)), window.pads)
-    ones = jnp.pad(jnp.ones(inputs.shape[lead:-1] + (1,), x.dtype), window.pads[lead:])
+    ones = jnp.ones(x.shape[lead:-1] + (1,), jnp.promote_types(x.dtype, jnp.float32))
+    x = jnp.pad(x.astype(ones.dtype), window.pads)
+    ones = jnp.pad(ones, window.pads[lead:])
     spatial = range(lead, lead + len(window_shape))
     out = [(x.shape[a] - window.dims[a]) // window.strides[a] + 1 for a in spatial]
 

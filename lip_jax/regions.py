@@ -5,8 +5,9 @@ region: all positions (`global_lip_pool`), PyTorch's adaptive-pool bins
 (`adaptive_lip_pool`), or the bilinear samples of RoIAlign (`roi_lip_pool`). Zero
 logits give the classical counterpart (global average, `adaptive_avg_pool2d`,
 `roi_align`); logits `beta * inputs` tend to the max over the region as beta grows.
-Logits are shifted by their (stop-gradient) maximum over each region before `exp` (the result is unchanged)
-and sums run in float32 (float64 for float64 inputs), so no logit magnitude overflows.
+Logits are shifted by their (stop-gradient) maximum over each region before `exp` (the
+result is unchanged) and sums run in float32 (float64 for float64 inputs), so no logit
+magnitude overflows or underflows.
 Gradients are autodiff's, which is exact here.
 """
 
@@ -17,16 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _compute(x) -> jax.Array:
+def _compute(x, name: str) -> jax.Array:
+    """`x` as an array in float32 (float64 stays float64); `name` names it in errors."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"expected floats, got {x.dtype}")
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _logits_like(x, logits) -> jax.Array:
     """`logits` in x's compute dtype, broadcast to `x.shape[:-1] + (C or 1,)`."""
-    l = _compute(logits).astype(x.dtype)
+    l = _compute(logits, "logits").astype(x.dtype)
     return jnp.broadcast_to(l, x.shape[:-1] + (l.shape[-1] if l.ndim else 1,))
 
 
@@ -36,7 +38,7 @@ def global_lip_pool(inputs, logits):
     `logits` broadcast to `inputs` (per channel `(N, *spatial, C)` or shared
     `(N, *spatial, 1)`). Zero logits give global average pooling.
     """
-    x = _compute(inputs)
+    x = _compute(inputs, "inputs")
     if x.ndim < 3:
         raise ValueError(f"inputs of shape {x.shape}: expected (N, *spatial, C)")
     l = _logits_like(x, logits)
@@ -65,7 +67,7 @@ def adaptive_lip_pool(inputs, logits, output_size: int | Sequence[int]):
     logits this equals `torch.nn.functional.adaptive_avg_pool2d` (channels-last) for any
     sizes. Each bin's logits are shifted by their maximum, so large logits never underflow.
     """
-    x = _compute(inputs)
+    x = _compute(inputs, "inputs")
     n_spatial = x.ndim - 2
     if n_spatial < 1:
         raise ValueError(f"inputs of shape {x.shape}: expected (N, *spatial, C)")
@@ -138,7 +140,7 @@ def roi_lip_pool(features, logits, boxes, output_size: int | Sequence[int],
       read 0 for features and logits (weight exp(0)), as torchvision's samples read 0, so
       zero logits equal `torchvision.ops.roi_align` with the same arguments.
     """
-    f = _compute(features)
+    f = _compute(features, "features")
     if f.ndim != 4:
         raise ValueError(f"features of shape {f.shape}: expected (N, H, W, C)")
     boxes = jnp.asarray(boxes)

@@ -69,8 +69,11 @@ POOLINGS = {p.name: p for p in (
 POOL_CHOICES = ("strided", *POOLINGS)
 
 
-def pooling(name: str) -> Pooling | None:
-    """The `Pooling` called `name`; None for "strided" (the baseline's own layers)."""
+def pooling(name: "str | Pooling | None") -> Pooling | None:
+    """The `Pooling` called `name` (a `Pooling` is returned as is); None for "strided"
+    (the baseline's own layers)."""
+    if name is None or isinstance(name, Pooling):
+        return name
     if name == "strided":
         return None
     if name not in POOLINGS:
