@@ -2,11 +2,14 @@
 
     python experiments/bench_models.py [--pairs lip_resnet50:resnet50 lip_cnn:cnn]
         [--batch 8] [--size 224] [--reps 3] [--lip-kwargs '{"remat_logits": true}']
+        [--implementations xla pallas]
 
 For each (LIP, baseline) pair: images/s of a full train step (forward, backward, SGD
 update, BatchNorm statistics) at the same batch and resolution, and XLA's memory analysis
 of the compiled step (arguments + temporaries). `lip_cnn:cnn` runs at the default job's
-28x28x1 and batch 128 instead. Prints a table; writes experiments/results/bench_models.json.
+28x28x1 and batch 128 instead. `--implementations` times the LIP model once per
+`lip_pool` implementation (set as the backend's default while it is traced). Prints a
+table; writes experiments/results/bench_models.json.
 """
 
 import argparse
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lip_jax import ops
 from lip_jax.models import create_model
 from lip_jax.train import steps
 
@@ -66,29 +70,43 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--implementations", nargs="+", default=["xla"],
+                        choices=["xla", "pallas"])
     parser.add_argument("--lip-kwargs", type=json.loads, default={},
                         help="JSON create_model arguments for the LIP models")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "bench_models.json")
+    parser.add_argument("--pallas-tiles", default=None,
+                        help="BLOCK_W,MAX_BLOCK_C,NUM_WARPS of lip_jax.pallas_lip")
     args = parser.parse_args(argv)
+    if args.pallas_tiles:
+        from lip_jax import pallas_lip  # noqa: PLC0415
+        pallas_lip.BLOCK_W, pallas_lip.MAX_BLOCK_C, pallas_lip.NUM_WARPS = (
+            int(v) for v in args.pallas_tiles.split(","))
     rows, pairs = [], []
-    print(f"{'pair':<26} {'shape':>18} {'LIP img/s':>10} {'base img/s':>10} {'ratio':>6} "
-          f"{'LIP MiB':>8} {'base MiB':>8} {'ratio':>6}")
+    print(f"{'pair':<26} {'impl':>6} {'shape':>18} {'LIP img/s':>10} {'base img/s':>10} "
+          f"{'ratio':>6} {'LIP MiB':>8} {'base MiB':>8} {'ratio':>6}")
+    backend = jax.default_backend()
     for pair in args.pairs:
         lip, base = pair.split(":")
-        a = measure(lip, args.batch, args.size, args.reps, args.dtype, **args.lip_kwargs)
         b = measure(base, args.batch, args.size, args.reps, args.dtype)
-        rows += [a, b]
-        summary = dict(lip=lip, baseline=base, throughput_ratio=a["images_per_s"] / b[
-            "images_per_s"], memory_ratio=a["peak_bytes"] / b["peak_bytes"])
-        pairs.append(summary)
-        print(f"{pair:<26} {str(tuple(a['shape'])):>18} {a['images_per_s']:>10.1f} "
-              f"{b['images_per_s']:>10.1f} {summary['throughput_ratio']:>6.2f} "
-              f"{a['peak_bytes'] / 2**20:>8.0f} {b['peak_bytes'] / 2**20:>8.0f} "
-              f"{summary['memory_ratio']:>6.2f}", flush=True)
+        rows.append(b)
+        for impl in args.implementations:
+            ops.DEFAULT_IMPLEMENTATION[backend] = impl
+            a = measure(lip, args.batch, args.size, args.reps, args.dtype, **args.lip_kwargs)
+            a["implementation"] = impl
+            rows.append(a)
+            summary = dict(lip=lip, baseline=base, implementation=impl,
+                           throughput_ratio=a["images_per_s"] / b["images_per_s"],
+                           memory_ratio=a["peak_bytes"] / b["peak_bytes"])
+            pairs.append(summary)
+            print(f"{pair:<26} {impl:>6} {str(tuple(a['shape'])):>18} {a['images_per_s']:>10.1f} "
+                  f"{b['images_per_s']:>10.1f} {summary['throughput_ratio']:>6.2f} "
+                  f"{a['peak_bytes'] / 2**20:>8.0f} {b['peak_bytes'] / 2**20:>8.0f} "
+                  f"{summary['memory_ratio']:>6.2f}", flush=True)
     result = dict(device=jax.devices()[0].device_kind, platform=platform.platform(),
                   versions=dict(jax=jax.__version__), dtype=args.dtype, reps=args.reps,
-                  lip_kwargs=args.lip_kwargs,
+                  lip_kwargs=args.lip_kwargs, pallas_tiles=args.pallas_tiles,
                   rows=rows, pairs=pairs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -2,28 +2,68 @@
 
     lip-jax train [--config FILE] --workdir DIR [--config.field=value ...]
     lip-jax eval  [--config FILE] --workdir DIR [--config.field=value ...]
-    lip-jax convert CHECKPOINT --model NAME --out DIR
-    lip-jax models
+    lip-jax convert CHECKPOINT --model NAME --out DIR [--num-classes N]
+    lip-jax models [--pool NAME]
     lip-jax demo
+
+A mistake in what was asked (a config field, a model name, a missing or locked file) or
+a non-finite loss prints one line, `lip-jax: error: ...`, and exits with status 2;
+`--verbose` adds the traceback and the libraries' logs. A run stopped by SIGTERM or
+SIGINT saves a checkpoint and exits with status 75 (EX_TEMPFAIL: schedulers retry it);
+the same command resumes it.
 """
 
 import argparse
+import dis
 import logging
 import sys
 
-PAPER = {"lip_resnet50": (23.9, 5.33), "lip_resnet101": (42.9, 9.06),
-         "lip_densenet121": (8.7, 4.13), "resnet50": (25.6, 4.12), "resnet101": (44.5, 7.85),
-         "densenet121": (8.0, 2.88)}
+USER_ERROR_EXIT = 2  # as argparse's own usage errors
+WORKDIR_HELP = {
+    "train": "the run's directory (a local path or gs://...): checkpoints, config.json and "
+             "metrics.jsonl go there; a rerun resumes from it",
+    "eval": "a `lip-jax train` work directory: its config.json is the base config and its "
+            "newest checkpoint is evaluated"}
 
 
-def _config(args, overrides):
-    from lip_jax.train.config import load_config
-    return load_config(args.config, overrides)
+def is_user_error(error: BaseException) -> bool:
+    """True for an OSError (a missing, unreadable or locked file or directory) and for a
+    ValueError or FloatingPointError raised by a `raise` statement of lip_jax itself: its
+    checks of config fields, names, data and checkpoint files, and its guard against a
+    non-finite loss. Anything else, a ValueError raised inside a library included, is a bug
+    and keeps its traceback."""
+    if isinstance(error, OSError):
+        return True
+    if not isinstance(error, (ValueError, FloatingPointError)) or error.__traceback__ is None:
+        return False
+    tb = error.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    raised_here = tb.tb_frame.f_code.co_code[tb.tb_lasti] == dis.opmap["RAISE_VARARGS"]
+    return raised_here and (module == "lip_jax" or module.startswith("lip_jax."))
+
+
+def _format(key: str, value) -> str:
+    """Accuracies as percentages, counts as integers, seconds to 0.1, the rest to 4 places."""
+    try:
+        value = float(value)  # also numpy and 0-d array values
+    except (TypeError, ValueError):
+        return str(value)
+    if any(k in key for k in ("top1", "top5", "accuracy")):
+        return f"{100 * value:.2f}%"
+    if value.is_integer():
+        return str(int(value))
+    return f"{value:.1f}" if key.endswith("_s") else f"{value:.4f}"
 
 
 def _table(rows: dict) -> str:
-    return "\n".join(f"  {k:<16} {v:.4f}" if isinstance(v, float) else f"  {k:<16} {v}"
-                     for k, v in rows.items())
+    return "\n".join(f"  {k:<16} {_format(k, v)}" for k, v in rows.items())
+
+
+def _config(args, overrides, **kw):
+    from lip_jax.train.config import load_config
+    return load_config(args.config, overrides, **kw)
 
 
 def train(args, overrides):
@@ -34,41 +74,34 @@ def train(args, overrides):
     config = _config(args, overrides)
     initialize_distributed(config)
     start = time.time()
-    result = train_and_evaluate(config, args.workdir)
-    result["wall_time_s"] = round(time.time() - start, 1)
+    result = train_and_evaluate(config, args.workdir)  # a signal: exit 75 (loop.Preempted)
+    result["wall_time_s"] = time.time() - start
     print(f"{config.model} on {config.dataset}, work directory {args.workdir}:")
     print(_table(result))
 
 
+def run_config(workdir) -> str | None:
+    """The path of `workdir/config.json` if a run wrote one there, else None."""
+    from etils import epath
+    path = epath.Path(workdir) / "config.json"
+    return str(path) if path.exists() else None
+
+
 def evaluate(args, overrides):
-    """Evaluates the newest checkpoint of a work directory (or config.init_from weights)."""
+    """Evaluates a run's newest checkpoint (or init_from weights) with its config.json."""
     from lip_jax.train.loop import evaluate_checkpoint, initialize_distributed
-    config = _config(args, overrides)
+    config = _config(args, overrides, base=run_config(args.workdir))
     initialize_distributed(config)
-    print(_table(evaluate_checkpoint(config, args.workdir)))
-
-
-def read_state_dict(path: str) -> dict:
-    """A state_dict from `.pth`/`.pt` (torch), `.npz` or `.safetensors`."""
-    if path.endswith((".pth", ".pt")):
-        import torch
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return state.get("state_dict", state)
-    if path.endswith(".npz"):
-        import numpy as np
-        with np.load(path) as f:
-            return dict(f)
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-        return load_file(path)
-    raise ValueError(f"{path}: expected a .pth, .pt, .npz or .safetensors file")
+    result = evaluate_checkpoint(config, args.workdir)
+    print(f"{config.model} on {config.dataset}, work directory {args.workdir}:")
+    print(_table(result))
 
 
 def convert(args, overrides):
     """Converts an official PyTorch checkpoint into weights that eval and training load."""
     from lip_jax import pretrained
-    from lip_jax.convert import from_torch_state_dict
-    variables = from_torch_state_dict(args.model, read_state_dict(args.checkpoint),
+    from lip_jax.convert import from_torch_state_dict, read_checkpoint
+    variables = from_torch_state_dict(args.model, read_checkpoint(args.checkpoint),
                                       num_classes=args.num_classes)
     pretrained.save_variables(args.out, args.model, variables)
     print(f"wrote {args.model} weights to {args.out}; use them with "
@@ -76,23 +109,24 @@ def convert(args, overrides):
 
 
 def models(args, overrides):
-    """Parameters and multiply-adds at 224x224 (XLA's cost analysis) beside the paper's."""
+    """Every model's parameters and multiply-adds at its own input size, and the paper's."""
     import jax
     import jax.numpy as jnp
 
-    from lip_jax.convert import abstract_variables
-    from lip_jax.models import create_model, list_models
-    print(f"{'model':<16} {'params (M)':>10} {'GMACs@224':>10} {'paper params':>13} "
+    from lip_jax.models import create_model, list_models, model_spec
+    print(f"{'model':<16} {'input':>11} {'params (M)':>10} {'GMACs':>8} {'paper params':>13} "
           f"{'paper GMACs':>12}")
     for name in list_models():
-        model = create_model(name)
-        variables = abstract_variables(model)
+        spec = model_spec(name)
+        model = create_model(name, **({"pool": args.pool} if args.pool else {}))
+        images = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
+        variables = jax.eval_shape(model.init, jax.random.key(0), images)
         params = sum(x.size for x in jax.tree.leaves(variables["params"]))
-        images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
-        cost = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, images).cost_analysis()
-        paper = PAPER.get(name)
-        paper_text = f"{paper[0]:>12.1f}M {paper[1]:>11.2f}G" if paper else f"{'-':>13} {'-':>12}"
-        print(f"{name:<16} {params / 1e6:>10.3f} {cost['flops'] / 2e9:>10.2f} {paper_text}")
+        cost = jax.jit(model.apply).lower(variables, images).cost_analysis()
+        paper = (f"{spec.paper_params_m:>12.1f}M {spec.paper_gmacs:>11.2f}G"
+                 if spec.paper_params_m else f"{'-':>13} {'-':>12}")
+        print(f"{name:<16} {'x'.join(map(str, spec.input_shape)):>11} {params / 1e6:>10.3f} "
+              f"{cost['flops'] / 2e9:>8.3f} {paper}")
 
 
 def demo(args, overrides):
@@ -122,31 +156,71 @@ def demo(args, overrides):
         print(f"{name:<30} {ref_name:<26} {float(jnp.abs(out - ref).max()):16.2e}")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="lip-jax", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _config_fields() -> str:
+    """The epilog of `train --help` and `eval --help`: every config field."""
+    try:
+        from lip_jax.train.config import describe_config
+    except ImportError:  # ml_collections comes with the train extra
+        return "Install lip-jax[train] to train; `lip-jax train --help` then lists the fields."
+    return "config fields (--config.field=value), defaults and meanings:\n" + describe_config()
+
+
+def parser() -> argparse.ArgumentParser:
+    from lip_jax.models import POOL_CHOICES
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="show tracebacks and the libraries' logs")
+    main_parser = argparse.ArgumentParser(prog="lip-jax", description=__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = main_parser.add_subparsers(dest="command", required=True)
+    epilog = _config_fields()
     for name, run in (("train", train), ("eval", evaluate)):
-        p = commands.add_parser(name, help=run.__doc__)
-        p.add_argument("--config", help="a Python file with get_config(); default: the "
-                       "offline Fashion-MNIST job")
-        p.add_argument("--workdir", required=True)
+        p = commands.add_parser(
+            name, help=run.__doc__, description=run.__doc__, epilog=epilog,
+            parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+            usage=f"lip-jax {name} [--config FILE] --workdir DIR [--config.field=value ...]")
+        p.add_argument("--config", metavar="FILE", help="a Python file with get_config() "
+                       "(see experiments/configs/); default: the offline Fashion-MNIST job")
+        p.add_argument("--workdir", metavar="DIR", required=True, help=WORKDIR_HELP[name])
         p.set_defaults(run=run)
-    p = commands.add_parser("convert", help=convert.__doc__)
-    p.add_argument("checkpoint")
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True)
+    p = commands.add_parser("convert", help=convert.__doc__, description=convert.__doc__,
+                            parents=[common])
+    p.add_argument("checkpoint", help="the official .pth / .pth.tar (or .npz, .safetensors)")
+    p.add_argument("--model", required=True, help="e.g. lip_resnet50 (see `lip-jax models`)")
+    p.add_argument("--out", metavar="DIR", required=True, help="where to write the weights")
     p.add_argument("--num-classes", type=int, default=1000)
     p.set_defaults(run=convert)
-    commands.add_parser("models", help=models.__doc__).set_defaults(run=models)
-    p = commands.add_parser("demo", help=demo.__doc__)
+    p = commands.add_parser("models", help=models.__doc__, description=models.__doc__,
+                            parents=[common])
+    p.add_argument("--pool", choices=POOL_CHOICES,
+                   help="build every model with this pooling (create_model's pool=)")
+    p.set_defaults(run=models)
+    p = commands.add_parser("demo", help=demo.__doc__, description=demo.__doc__,
+                            parents=[common])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=demo)
-    args, overrides = parser.parse_known_args(argv)
-    if overrides and args.command not in ("train", "eval"):
-        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    return main_parser
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    logging.getLogger("jax").setLevel(logging.INFO if verbose else logging.WARNING)
+    for library in ("absl", "orbax"):  # orbax logs ~100 lines about a failed restore
+        logging.getLogger(library).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def main(argv=None):
+    # First: absl configures the root logger itself at its first message (orbax logs at
+    # import), and then this would do nothing.
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
-    for noisy in ("absl", "orbax", "jax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    args.run(args, overrides)
+    main_parser = parser()
+    args, overrides = main_parser.parse_known_args(argv)
+    if overrides and args.command not in ("train", "eval"):
+        main_parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    _quiet_libraries(args.verbose)
+    try:
+        args.run(args, overrides)
+    except Exception as error:
+        if args.verbose or not is_user_error(error):
+            raise
+        main_parser.exit(USER_ERROR_EXIT, f"lip-jax: error: {error}\n")

@@ -7,6 +7,8 @@ BatchNorm weight/bias/running_mean/running_var <-> scale/bias (params) and mean/
 on the way in and written as 0 on the way out (PyTorch's strict loading expects it).
 """
 
+import logging
+import os
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -19,6 +21,7 @@ from lip_jax.linen.resnet import ResNet
 from lip_jax.models import create_model
 
 Path = tuple[str, ...]
+log = logging.getLogger("lip_jax")
 
 
 class Entry(NamedTuple):
@@ -154,43 +157,125 @@ def _lookup(tree, collection, path):
     return node
 
 
-def _as_numpy(value) -> np.ndarray:
+def read_checkpoint(path) -> object:
+    """What a checkpoint file holds: `.pth`, `.pt`, `.pth.tar` (torch), `.npz` or
+    `.safetensors`. Torch files load with `weights_only=True` (no code runs)."""
+    path = str(path)
+    if path.endswith((".pth", ".pt", ".pth.tar")):
+        import pickle
+
+        import torch
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError) as error:
+            raise CheckpointError(f"{path} is not a torch checkpoint that loads without "
+                                  f"running code: {str(error).splitlines()[0]}") from error
+    if path.endswith(".npz"):
+        with np.load(path) as f:
+            return dict(f)
+    if path.endswith(".safetensors"):
+        from safetensors.flax import load_file  # numpy has no bfloat16
+        return load_file(path)
+    raise CheckpointError(f"{path}: expected a .pth, .pt, .pth.tar, .npz or .safetensors "
+                          "file")
+
+
+def official_state_dict(checkpoint) -> dict:
+    """The state_dict in what `torch.load` returned: the mapping itself, or its
+    `"state_dict"` entry (the official `main.py` saves `{"epoch", "state_dict",
+    "optimizer", ...}`), without the `module.` prefix that DistributedDataParallel adds."""
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"a checkpoint holding a {type(checkpoint).__name__}, not a "
+                              "state_dict (a mapping of parameter name -> tensor)")
+    if isinstance(checkpoint.get("state_dict"), Mapping):
+        extra = sorted(str(k) for k in checkpoint if k != "state_dict")
+        log.info("converting the checkpoint's 'state_dict' (ignoring %s)", ", ".join(extra))
+        checkpoint = checkpoint["state_dict"]
+    bad = [k for k in checkpoint if not isinstance(k, str)]
+    if bad:
+        raise CheckpointError(f"state_dict keys must be strings; got {len(bad)} others, "
+                              f"e.g. {bad[0]!r} ({type(bad[0]).__name__})")
+    if checkpoint and all(k.startswith("module.") for k in checkpoint):
+        log.info("stripped the 'module.' prefix of every key (a DistributedDataParallel "
+                 "checkpoint)")
+        return {k[len("module."):]: v for k, v in checkpoint.items()}
+    return dict(checkpoint)
+
+
+def _as_numpy(key: str, value) -> np.ndarray:
+    """A float array; non-float or non-finite values raise `CheckpointError` naming `key`."""
+    if str(getattr(value, "dtype", "")) == "torch.bfloat16":
+        value = value.float()  # exact; numpy has no bfloat16
     if hasattr(value, "detach"):  # a torch tensor; torch itself is not imported here
         value = value.detach().cpu().numpy()
-    return np.asarray(value)
+    value = np.asarray(value)
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise CheckpointError(f"key {key} has dtype {value.dtype.name}, expected a "
+                              "floating-point tensor")
+    if not np.isfinite(value).all():
+        raise CheckpointError(f"key {key} holds {np.count_nonzero(~np.isfinite(value))} "
+                              "NaN or infinite values")
+    return value
 
 
-def from_torch_state_dict(name: str, state_dict: Mapping, **model_kw) -> dict:
+def _prefix_hint(unexpected: list[str], known: set[str]) -> str:
+    """A sentence when a prefix on every unexpected key explains the mismatch."""
+    common = os.path.commonprefix(unexpected)
+    prefix = common[:common.rfind(".") + 1]
+    if prefix and any(k[len(prefix):] in known for k in unexpected):
+        return f"every unexpected key starts with {prefix!r}; the model's keys do not"
+    return ""
+
+
+def _mismatch_report(name, missing, unexpected, misshaped, known, shown=5) -> str:
+    """A few keys of each kind of problem, with counts, and a prefix hint."""
+    lines = [f"state_dict does not fit {name}:"]
+    for kind, items in (("missing key", missing), ("unexpected key", unexpected),
+                        ("mis-shaped key", misshaped)):
+        if items:
+            more = f" (and {len(items) - shown} more)" if len(items) > shown else ""
+            lines.append(f"  {len(items)} {kind}{'s' * (len(items) > 1)}: "
+                         + ", ".join(items[:shown]) + more)
+    hint = _prefix_hint(unexpected, known)
+    return "\n".join(lines + ([f"  {hint}"] if hint else []))
+
+
+def from_torch_state_dict(name: str, state_dict, **model_kw) -> dict:
     """Converts a PyTorch state_dict (key -> numpy array or torch tensor) to variables.
 
+    `state_dict` may also be a checkpoint dict holding it under `"state_dict"`, and its
+    keys may carry DistributedDataParallel's `module.` prefix (`official_state_dict`).
     Returns `{"params": ..., "batch_stats": ...}` of numpy arrays in the model's param
-    dtype. Strict: raises `CheckpointError` naming every missing, unexpected and
-    mis-shaped key. `model_kw` go to `create_model` (e.g. `num_classes`).
+    dtype. Strict: raises `CheckpointError` naming missing, unexpected and mis-shaped
+    keys (a few of each, with counts), non-float dtypes and NaN/inf values.
+    `model_kw` go to `create_model` (e.g. `num_classes`).
     """
+    given = {k: v for k, v in official_state_dict(state_dict).items()
+             if not k.endswith("num_batches_tracked")}
     model = create_model(name, **model_kw)
     table = key_table(model)
     expected = abstract_variables(model)
-    given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     known = {e.torch_key for e in table}
-    problems = [f"missing key {e.torch_key}" for e in table if e.torch_key not in given]
-    problems += [f"unexpected key {k}" for k in given if k not in known]
+    missing = [e.torch_key for e in table if e.torch_key not in given]
+    unexpected = [k for k in given if k not in known]
+    misshaped = []
     variables = {"params": {}, "batch_stats": {}}
     for entry in table:
         if entry.torch_key not in given:
             continue
         target = _lookup(expected, entry.collection, entry.path)
-        value = _as_numpy(given[entry.torch_key])
+        value = _as_numpy(entry.torch_key, given[entry.torch_key])
         expected_shape = _torch_shape(entry.kind, target.shape)
         if list(value.shape) != expected_shape:
-            problems.append(f"key {entry.torch_key} has shape {list(value.shape)}, expected "
-                            f"{expected_shape}")
+            misshaped.append(f"{entry.torch_key} {list(value.shape)} (expected "
+                             f"{expected_shape})")
             continue
         node = variables[entry.collection]
         for part in entry.path[:-1]:
             node = node.setdefault(part, {})
         node[entry.path[-1]] = _to_flax(entry.kind, value).astype(target.dtype)
-    if problems:
-        raise CheckpointError(f"state_dict does not fit {name}:\n  " + "\n  ".join(problems))
+    if missing or unexpected or misshaped:
+        raise CheckpointError(_mismatch_report(name, missing, unexpected, misshaped, known))
     return variables
 
 

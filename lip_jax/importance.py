@@ -7,7 +7,8 @@ from lip_jax.linen.pooling import IMPORTANCE
 
 
 def importance_maps(model, variables, images, normalize: str = "image") -> dict:
-    """Runs `model` in eval mode and returns `{layer path: (N, H, W) map}`.
+    """Runs `model` in eval mode and returns `{layer path: (N, H, W) map}` (empty if it
+    has no LIP layer).
 
     Each map lives at the resolution of the tensor its LIP layer pools and is averaged
     over channels. `normalize`:
@@ -20,7 +21,7 @@ def importance_maps(model, variables, images, normalize: str = "image") -> dict:
     if normalize not in ("image", "window"):
         raise ValueError(f'normalize must be "image" or "window", got {normalize!r}')
     _, state = model.apply(variables, images, train=False, mutable=[IMPORTANCE])
-    sown = flax.traverse_util.flatten_dict(state[IMPORTANCE], sep="/")
+    sown = flax.traverse_util.flatten_dict(state.get(IMPORTANCE, {}), sep="/")
     maps = {}
     for key, (value,) in sown.items():
         layer, kind = key.rsplit("/", 1)

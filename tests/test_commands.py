@@ -1,5 +1,6 @@
 """`lip-jax convert`, `lip-jax models`, `lip-jax eval` and the importance-map script."""
 
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -42,18 +43,21 @@ def test_convert_command_writes_weights_that_load(tmp_path, suffix):
         pretrained.load_variables(tmp_path / "out", "resnet50")
 
 
-def test_convert_rejects_unknown_files(tmp_path):
-    with pytest.raises(ValueError, match=r"expected a .pth, .pt, .npz or .safetensors file"):
+def test_convert_rejects_unknown_files(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         cli.main(["convert", str(tmp_path / "weights.bin"), "--model", "lip_resnet50",
                   "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "expected a .pth, .pt, .pth.tar, .npz or .safetensors file" in capsys.readouterr().err
 
 
-def test_models_command_lists_parameters_and_macs(capsys):
+def test_models_command_reports_each_model_at_its_input_size(capsys):
     cli.main(["models"])
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
-    assert rows["lip_resnet50"][1] == "23.864" and rows["lip_resnet50"][3] == "23.9M"
-    assert 4.9 < float(rows["lip_resnet50"][2]) < 5.5
-    assert rows["lip_densenet121"][1] == "8.691"
+    assert rows["lip_resnet50"][1:3] == ["224x224x3", "23.864"]
+    assert 4.9 < float(rows["lip_resnet50"][3]) < 5.5 and rows["lip_resnet50"][4] == "23.9M"
+    assert rows["lip_densenet121"][2] == "8.691"
+    assert rows["lip_cnn"][1] == "28x28x1" and 0 < float(rows["lip_cnn"][3]) < 0.1
 
 
 def test_importance_maps_are_normalised():
@@ -78,17 +82,48 @@ def test_importance_maps_are_normalised():
         importance_maps(model, variables, images, "pixel")
 
 
-def test_train_eval_and_importance_png_from_a_workdir(tmp_path, monkeypatch, capsys):
-    data_dir = make_fashion_mnist(tmp_path / "data")
+def test_train_rerun_eval_and_importance_png_from_a_workdir(tmp_path, monkeypatch, capsys):
+    """eval and show_importance read the run's config.json (here a non-default model) and
+    apply command-line overrides on top (here another data_dir, with 50 test images)."""
     workdir = tmp_path / "run"
-    cli.main(["train", "--workdir", str(workdir), *tiny_overrides(data_dir, max_steps=3)])
-    assert "eval_top1" in capsys.readouterr().out
-    cli.main(["eval", "--workdir", str(workdir), *tiny_overrides(data_dir)])
-    assert "eval_count       103.0" in capsys.readouterr().out
-    out = tmp_path / "importance.png"
-    monkeypatch.setattr(sys, "argv", ["show_importance.py", "--workdir", str(workdir),
-                                      "--out", str(out), "--images", "3"])
-    runpy.run_path(str(ROOT / "experiments" / "show_importance.py"), run_name="__main__")
+    train = ["train", "--workdir", str(workdir), "--config.model=cnn",
+             *tiny_overrides(make_fashion_mnist(tmp_path / "data"), max_steps=3)]
+    cli.main(train)
+    first = capsys.readouterr().out
+    assert first.startswith("cnn on fashion_mnist") and re.search(r"eval_top1 +\d+\.\d\d%\n", first)
+    cli.main(train)  # finished: prints the final metrics again
+    assert re.search(r"eval_top1 +\d+\.\d\d%\n", capsys.readouterr().out)
+    moved = make_fashion_mnist(tmp_path / "moved", num_test=50)
+    cli.main(["eval", "--workdir", str(workdir), f"--config.data_dir={moved}"])
+    out = capsys.readouterr().out
+    assert out.startswith("cnn on fashion_mnist") and "eval_count       50\n" in out
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--workdir", str(workdir), "--config.model=lip_cnn"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lip_cnn" in err  # the mismatch, named in one line
+
+    png = tmp_path / "importance.png"
+    with pytest.raises(SystemExit):  # cnn has no LIP layer
+        run_importance(monkeypatch, workdir, png)
+    lip_run = tmp_path / "lip_run"
+    cli.main(["train", "--workdir", str(lip_run),
+              *tiny_overrides(tmp_path / "data", max_steps=2)])
+    run_importance(monkeypatch, lip_run, png, f"--config.data_dir={moved}")
     from PIL import Image
-    image = Image.open(out)
-    assert image.size == (2 * (28 * 4 + 4), 3 * (28 * 4 + 4))  # input + one LIP layer
+    image = np.asarray(Image.open(png).convert("RGB"), np.int64)
+    tile = 28 * 4 + 8  # the tiny lip_cnn has one LIP layer: columns input and pool1
+    assert image.shape[0] > 3 * tile + 30 and image.shape[1] > 2 * tile + 30  # titles, bar
+    assert image[:20, : 2 * tile].min() < 100  # column titles in dark text
+    assert image[-20:, :tile].min() < 100  # the legend below the rows
+    column = image[:, 2 * tile + 12]  # crosses the colour scale: bright yellow to black
+    coloured = (column != 255).any(-1)
+    start = coloured.argmax()
+    bar = column[start:start + (~coloured[start:]).argmax()]
+    assert len(bar) > 3 * tile - 10
+    assert (bar[:3] > [240, 240, 140]).all() and (bar[-3:] < 20).all()
+
+
+def run_importance(monkeypatch, workdir, out, *overrides):
+    monkeypatch.setattr(sys, "argv", ["show_importance.py", "--workdir", str(workdir),
+                                      "--out", str(out), "--images", "3", *overrides])
+    runpy.run_path(str(ROOT / "experiments" / "show_importance.py"), run_name="__main__")

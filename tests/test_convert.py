@@ -143,27 +143,99 @@ def tiny_lip_resnet_sd():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda sd: sd.pop("layer2.0.conv2.1.weight"), "missing key layer2.0.conv2.1.weight"),
+    (lambda sd: sd.pop("layer2.0.conv2.1.weight"), "1 missing key: layer2.0.conv2.1.weight"),
     (lambda sd: sd.__setitem__("layer2.0.extra.weight", np.zeros(3)),
-     "unexpected key layer2.0.extra.weight"),
+     "1 unexpected key: layer2.0.extra.weight"),
     (lambda sd: sd.__setitem__("fc.weight", np.zeros((7, 256), np.float32)),
-     r"key fc.weight has shape \[7, 256\], expected \[10, 256\]"),
+     r"1 mis-shaped key: fc.weight \[7, 256\] \(expected \[10, 256\]\)"),
     (lambda sd: sd.__setitem__("maxpool.logit.conv.weight", np.zeros((8, 8, 1, 3))),
-     r"key maxpool.logit.conv.weight has shape \[8, 8, 1, 3\], expected \[8, 8, 3, 3\]"),
+     r"maxpool.logit.conv.weight \[8, 8, 1, 3\] \(expected \[8, 8, 3, 3\]\)"),
     (lambda sd: sd.__setitem__("layer2.0.conv1.weight", np.zeros((16, 32))),
-     r"key layer2.0.conv1.weight has shape \[16, 32\], expected \[16, 32, 1, 1\]"),
+     r"layer2.0.conv1.weight \[16, 32\] \(expected \[16, 32, 1, 1\]\)"),
+    (lambda sd: sd.__setitem__("fc.bias", np.arange(10)), "key fc.bias has dtype int64"),
+    (lambda sd: sd.__setitem__("fc.bias", np.ones(10, bool)), "key fc.bias has dtype bool"),
+    (lambda sd: sd.__setitem__("fc.bias", np.array("ten")), "key fc.bias has dtype str"),
+    (lambda sd: sd.__setitem__("fc.bias", np.array([0.0, "a"], object)),
+     "key fc.bias has dtype object"),
+    (lambda sd: sd.__setitem__("bn1.running_var", np.full(8, np.nan, np.float32)),
+     "key bn1.running_var holds 8 NaN or infinite values"),
+    (lambda sd: sd["fc.weight"].__setitem__((0, 0), np.inf),
+     "key fc.weight holds 1 NaN or infinite values"),
 ])
 def test_bad_checkpoints_name_the_key(tiny_lip_resnet_sd, edit, message):
-    sd = dict(tiny_lip_resnet_sd)
+    sd = {k: v.copy() for k, v in tiny_lip_resnet_sd.items()}
     edit(sd)
     with pytest.raises(convert.CheckpointError, match=message):
         convert.from_torch_state_dict("lip_resnet50", sd, **TINY_KW["lip_resnet50"])
 
 
+def test_mismatch_report_is_capped_and_names_a_common_prefix(tiny_lip_resnet_sd):
+    prefixed = {f"backbone.{k}": v for k, v in tiny_lip_resnet_sd.items()}
+    with pytest.raises(convert.CheckpointError) as error:
+        convert.from_torch_state_dict("lip_resnet50", prefixed, **TINY_KW["lip_resnet50"])
+    lines = str(error.value).splitlines()
+    count = sum(not k.endswith("num_batches_tracked") for k in tiny_lip_resnet_sd)
+    assert len(lines) == 4, lines
+    assert lines[1] == (f"  {count} missing keys: conv1.weight, bn1.weight, bn1.bias, "
+                        f"bn1.running_mean, bn1.running_var (and {count - 5} more)")
+    assert lines[2].startswith(f"  {count} unexpected keys: backbone.conv1.weight, ")
+    assert lines[3] == "  every unexpected key starts with 'backbone.'; the model's keys do not"
+
+
+@pytest.mark.parametrize("checkpoint, message", [
+    ([1, 2], "a checkpoint holding a list, not a state_dict"),
+    ({0: np.zeros(3), "fc.bias": np.zeros(3)},
+     r"keys must be strings; got 1 others, e.g. 0 \(int\)"),
+])
+def test_what_is_not_a_state_dict_gets_one_line(checkpoint, message):
+    with pytest.raises(convert.CheckpointError, match=message) as error:
+        convert.from_torch_state_dict("lip_resnet50", checkpoint)
+    assert "\n" not in str(error.value)
+
+
+def test_official_training_checkpoint_converts(tiny_lip_resnet_sd, tmp_path, caplog):
+    """main.py of the official release saves {epoch, arch, state_dict, best_acc1, optimizer}
+    from a DistributedDataParallel model (keys start with `module.`) as checkpoint.pth.tar."""
+    state = {f"module.{k}": torch.tensor(v) for k, v in tiny_lip_resnet_sd.items()}
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9)
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 90, "arch": "lip_resnet50", "state_dict": state,
+                "best_acc1": torch.tensor(79.3), "optimizer": optimizer.state_dict()}, path)
+    with caplog.at_level("INFO", logger="lip_jax"):
+        variables = convert.from_torch_state_dict("lip_resnet50", convert.read_checkpoint(path),
+                                                  **TINY_KW["lip_resnet50"])
+    assert "stripped the 'module.' prefix" in caplog.text
+    assert "ignoring arch, best_acc1, epoch, optimizer" in caplog.text
+    np.testing.assert_array_equal(variables["params"]["fc"]["kernel"],
+                                  tiny_lip_resnet_sd["fc.weight"].T)
+
+
+def test_bfloat16_pth_converts_exactly(tiny_lip_resnet_sd, tmp_path):
+    path = tmp_path / "lip_resnet-50.pth"
+    torch.save({k: torch.tensor(v).to(torch.bfloat16) if v.dtype == np.float32
+                else torch.tensor(v) for k, v in tiny_lip_resnet_sd.items()}, path)
+    variables = convert.from_torch_state_dict("lip_resnet50", convert.read_checkpoint(path),
+                                              **TINY_KW["lip_resnet50"])
+    kernel = variables["params"]["conv1"]["kernel"]
+    assert kernel.dtype == np.float32
+    expected = torch.tensor(tiny_lip_resnet_sd["conv1.weight"]).to(torch.bfloat16).float()
+    np.testing.assert_array_equal(kernel, expected.numpy().transpose(2, 3, 1, 0))
+
+
+def test_unreadable_files_are_named(tmp_path):
+    garbage = tmp_path / "weights.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(convert.CheckpointError, match="weights.pth is not a torch checkpoint"):
+        convert.read_checkpoint(garbage)
+    with pytest.raises(convert.CheckpointError, match=r"expected a .pth, .pt, .pth.tar"):
+        convert.read_checkpoint(tmp_path / "weights.bin")
+
+
 def test_wrong_model_name(tiny_lip_resnet_sd):
     with pytest.raises(ValueError, match="unknown model 'lip_resnet5'"):
         convert.from_torch_state_dict("lip_resnet5", tiny_lip_resnet_sd)
-    with pytest.raises(convert.CheckpointError, match="missing key layer2.0.conv2.weight"):
+    with pytest.raises(convert.CheckpointError,
+                       match="missing keys: layer1.0.downsample.0.weight"):
         convert.from_torch_state_dict("resnet50", tiny_lip_resnet_sd, **TINY_KW["resnet50"])
     with pytest.raises(convert.CheckpointError, match="no official PyTorch release"):
         convert.from_torch_state_dict("lip_resnet18", tiny_lip_resnet_sd)

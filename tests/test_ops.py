@@ -186,3 +186,101 @@ def test_window_sum_is_reduce_window_add_with_zero_padding():
     expected = lax.reduce_window(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), 0.0, lax.add,
                                  (1, 2, 2, 1), (1, 1, 1, 1), "VALID")
     np.testing.assert_array_equal(ops.window_sum(x, window), expected)
+
+
+def test_forward_mode_jvp_jacfwd_and_hessian_vector_products():
+    x, logits = _randn(0, (1, 5, 6, 2)), 2 * _randn(1, (1, 5, 6, 2))
+    pool = lambda x, l: ops.lip_pool(x, l, (3, 3), (2, 2), P1)
+    naive = lambda x, l: naive_lip(x, l, (3, 3), (2, 2), P1)
+    tangents = (_randn(2, x.shape), _randn(3, x.shape))
+    chex.assert_trees_all_close(jax.jvp(pool, (x, logits), tangents),
+                                jax.jvp(naive, (x, logits), tangents), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jacfwd(pool, 1)(x, logits), jax.jacrev(pool, 1)(x, logits),
+                               rtol=1e-5, atol=1e-6)
+    loss = lambda f: lambda l: jnp.sum(jnp.sin(f(x, l)))
+    hvp = lambda f: jax.jvp(jax.grad(loss(f)), (logits,), (tangents[1],))[1]
+    np.testing.assert_allclose(hvp(pool), hvp(naive), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("modes", [["fwd"], ["rev"]])
+@pytest.mark.parametrize("scale", [1.0, 80.0])  # 80: range > FAST_LOGIT_RANGE, per window
+def test_check_grads_both_forms_both_modes(modes, scale):
+    with jax.enable_x64(True):
+        x = _randn(0, (1, 5, 6, 2), jnp.float64)
+        logits = scale * _randn(1, (1, 5, 6, 2), jnp.float64)
+        pool = lambda x, l: ops.lip_pool(x, l, (3, 3), (2, 2), P1)
+        jax.test_util.check_grads(pool, (x, logits), order=2, modes=modes, atol=1e-6,
+                                  rtol=1e-6, eps=1e-4)
+
+
+def test_wide_logit_range_is_exact_with_finite_gradients():
+    """Logits spanning 200: each window's own shift (a global one gives 0/0)."""
+    x, logits = _randn(0, (2, 7, 8, 3)), 50 * _randn(1, (2, 7, 8, 3))
+    assert float(logits.max() - logits.min()) > 200
+    np.testing.assert_allclose(ops.lip_pool(x, logits, (3, 3), (2, 2), P1),
+                               lip_reference(x, logits, (3, 3), (2, 2), P1), rtol=1e-5,
+                               atol=1e-5)
+    with jax.enable_x64(True):  # float64 autodiff of the naive formula is exact here
+        x64, l64 = (np.asarray(a, np.float64) for a in (x, logits))
+        expected = jax.grad(lambda x, l: jnp.sum(jnp.sin(naive_lip(x, l, (3, 3), (2, 2), P1))),
+                            (0, 1))(x64, l64)
+    grads = jax.grad(lambda x, l: jnp.sum(jnp.sin(ops.lip_pool(x, l, (3, 3), (2, 2), P1))),
+                     (0, 1))(x, logits)
+    for a, b in zip(grads, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_issue_examples_no_longer_nan():
+    ramp = jnp.arange(9.0).reshape(1, 3, 3, 1)
+    np.testing.assert_allclose(ops.tempered_max_pool(ramp, (2, 2), beta=22.0)[..., 0],
+                               [[[4.0, 5.0], [7.0, 8.0]]], atol=1e-6)
+    spike = jnp.zeros((1, 7, 7, 1)).at[0, 0, 0, 0].set(90.0)
+    np.testing.assert_allclose(ops.lip_pool(jnp.ones((1, 7, 7, 1)), spike, (2, 2), (1, 1)), 1.0)
+
+
+@pytest.mark.parametrize("op", [
+    lambda x: ops.lip_pool(x, x, (3, 3), (2, 2), P1),
+    lambda x: ops.lan_pool(x, jnp.ones(()), (2, 2), (2, 2)),
+    lambda x: ops.average_pool(x, (2, 2), (2, 2)),
+    lambda x: ops.soft_pool(x, (2, 2)),
+    lambda x: ops.tempered_max_pool(x, (2, 2), (2, 2)),
+    lambda x: ops.window_share(x, (2, 2), (2, 2)),
+    lambda x: ops.lip_pool(x, x[..., :1], (2, 2), (2, 2)),  # shared logits
+])
+def test_empty_batch_gives_empty_result_and_gradient(op):
+    x = jnp.zeros((0, 5, 5, 2))
+    assert op(x).shape[0] == 0
+    assert jax.grad(lambda x: jnp.sum(op(x)))(x).shape == x.shape
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(window_shape=(1.5, 2)), "window_shape must be a sequence of ints"),
+    (dict(window_shape=(2, 2), strides=(2.9, 2)), "strides must be a sequence of ints"),
+    (dict(window_shape=("33", 2)), "window_shape must be a sequence of ints"),
+    (dict(window_shape=(2, 2), padding=((1.0, 1), (0, 0))), "padding must be"),
+])
+def test_non_integer_geometry_is_refused_by_name(kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        ops.lip_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(1), **kwargs)
+    assert ops.lip_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(1), (np.int64(2), 2)).shape == (
+        1, 3, 3, 1)
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_batch_sharded_gradients_in_both_forms(axis_type):
+    """Data-parallel jit: a batch sharded over 8 devices, logits spanning ~1000 (the
+    per-window form, which scans over images only when the batch is not explicitly
+    sharded) and ~3 (the image-wide form)."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(getattr(AxisType, axis_type),))
+    x = _randn(0, (8, 5, 5, 2))
+    grad = jax.jit(jax.grad(lambda x, l: jnp.sum(ops.lip_pool(x, l, (3, 3), (2, 2), P1) ** 2),
+                            (0, 1)))
+    for scale in (1.0, 300.0):
+        logits = scale * _randn(1, x.shape)
+        expected = grad(x, logits)
+        with jax.set_mesh(mesh):
+            sharded = [jax.device_put(a, NamedSharding(mesh, PartitionSpec("data")))
+                       for a in (x, logits)]
+            chex.assert_trees_all_close(grad(*sharded), expected, rtol=1e-5, atol=1e-6)

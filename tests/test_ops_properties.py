@@ -132,3 +132,14 @@ def test_shift_invariance(geometry, seed, shift):
     x, logits = _data(seed, shape)
     np.testing.assert_allclose(_lip(x, logits + shift, *geom), _lip(x, logits, *geom),
                                rtol=1e-4, atol=1e-5)
+
+
+@given(geometry=geometries(), seed=st.integers(0, 2**16))
+def test_tempered_max_pool_is_max_pooling_for_large_beta(geometry, seed):
+    """Any input: a large beta gives each window its max (per-window shift, no 0/0); the
+    bound (K - 1) / (e beta) is 6e-6 here, float32 rounding of x ~ 100 about 1e-5."""
+    shape, window, strides, padding = geometry
+    x = 100 * _data(seed, shape)[0]
+    pooled = ops.tempered_max_pool(x, window, strides, padding, beta=1e6)
+    np.testing.assert_allclose(pooled, _flax_pool(nn.max_pool, x, window, strides, padding),
+                               rtol=0, atol=3e-5)

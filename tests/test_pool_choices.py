@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from lip_jax import convert
-from lip_jax.linen.zoo import batch_norm
 from lip_jax.models import POOL_CHOICES, create_model, list_models, model_spec
 
 TINY = {"resnet18": dict(width=8, logit_width=8, stage_sizes=(1, 1, 1, 1)),
@@ -150,16 +149,26 @@ def test_global_lip_head_starts_as_global_average_pooling(quick_compile, name):
                                atol=1e-6)
 
 
-def test_empty_batch_runs_for_pools_outside_lip_pool():
-    for pool in ("strided", "max", "blur", "dpp"):
-        model = create_model("resnet50", num_classes=3, pool=pool, **TINY["resnet50"])
-        variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-        assert jax.eval_shape(model.apply, variables, jnp.zeros((0, 32, 32, 3))).shape == (0, 3)
+@pytest.mark.parametrize("pool", POOL_CHOICES)
+@pytest.mark.parametrize("name", TINY)
+def test_empty_batch_gives_empty_logits(name, pool):
+    model = create_model(name, num_classes=3, pool=pool, **TINY[name])
+    x = images(name)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert jax.eval_shape(model.apply, variables, x[:0]).shape == (0, 3)
 
 
-def test_bn_group_size_reaches_batch_norm_only_when_set():
-    assert batch_norm(True, 4).keywords["group_size"] == 4
-    assert "group_size" not in batch_norm(True, 0).keywords
+def test_bn_group_size_reaches_every_batch_norm():
+    model = create_model("resnet50", num_classes=3, bn_group_size=2, **TINY["resnet50"])
+    x = images("resnet50", n=4)
+    variables = model.init(jax.random.key(0), x)
+    grouped = model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+    whole = create_model("resnet50", num_classes=3, **TINY["resnet50"]).apply(
+        variables, x, train=True, mutable=["batch_stats"])[0]
+    assert not np.allclose(grouped, whole)
+    with pytest.raises(ValueError, match="group_size 3 must be >= 0 and divide the batch"):
+        create_model("resnet50", num_classes=3, bn_group_size=3, **TINY["resnet50"]).apply(
+            variables, x, train=True, mutable=["batch_stats"])
 
 
 def test_model_table():

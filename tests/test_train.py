@@ -1,24 +1,22 @@
 """Training system: data order and evaluation, sharding, checkpoints, resume, failures."""
 
 import json
-import os
+import logging
+import re
 import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from lip_jax.data import fashion_mnist, pipeline
-from lip_jax.train import loop
-from lip_jax.train.checkpoint import Checkpoints
+from lip_jax.train import loop, workdir
 from lip_jax.train.config import load_config
-from train_helpers import make_fashion_mnist, tiny_config, tiny_overrides
-
-ROOT = Path(__file__).resolve().parents[1]
+from lip_jax.train.metrics import Progress
+from lip_jax.train.preemption import Preempted
+from train_helpers import (ROOT, checkpoint_steps, final_params, finish, make_fashion_mnist,
+                           output, tiny_config, train_process, train_processes, wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -71,44 +69,132 @@ def test_step_on_8_devices_equals_the_step_on_1(data_dir):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), *results)
 
 
-def test_nan_loss_stops_with_the_last_good_checkpoint_intact(data_dir, tmp_path):
+def test_nan_loss_stops_naming_the_newest_checkpoint_which_is_intact(data_dir, tmp_path):
     config = tiny_config(data_dir, learning_rate=1e12, checkpoint_every_secs=1e-9)
-    with pytest.raises(FloatingPointError, match=r"at step \d+: stopping; the last good "
-                                                 r"checkpoint \(step \d+\) is intact"):
+    with pytest.raises(FloatingPointError, match=r"at step \d+: stopping; the newest "
+                                                 r"checkpoint \(step (\d+)\)") as error:
         loop.train_and_evaluate(config, tmp_path)
-    trainer = loop.Trainer(config)
-    checkpoints = Checkpoints(tmp_path / "checkpoints", 3)
-    state = checkpoints.restore_latest(trainer.abstract_state())
-    checkpoints.close()
-    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+    named = int(re.search(r"checkpoint \(step (\d+)\)", str(error.value))[1])
+    state = final_params(tmp_path, data_dir)
+    assert int(state.step) == named == checkpoint_steps(tmp_path)[-1]
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
 
 
-def _save_steps(trainer, directory, count):
-    checkpoints = Checkpoints(directory, 5)
-    state = trainer.init_state()
-    for step in range(count):
-        state, _ = trainer.train_step(state, _batch(trainer, step))
-        checkpoints.save(state)
-    checkpoints.wait()
-    checkpoints.close()
-    return state
+def test_a_non_finite_state_is_never_saved(data_dir, tmp_path):
+    config = tiny_config(data_dir, checkpoint_every_secs=1e-9)
+    config.learning_rate = float("inf")  # step 1: finite loss and gradient, inf parameters
+    with pytest.raises(FloatingPointError, match=r"the state after step 1 holds non-finite "
+                                                 r"values: not saved; no checkpoint has been "
+                                                 r"saved"):
+        loop.train_and_evaluate(config, tmp_path)
+    assert checkpoint_steps(tmp_path) == []
 
 
-def test_corrupt_latest_checkpoint_falls_back_then_fails_clearly(data_dir, tmp_path):
-    trainer = loop.Trainer(tiny_config(data_dir))
-    directory = tmp_path / "checkpoints"
-    _save_steps(trainer, directory, 2)
-    for f in (directory / "2").rglob("*"):
+def _truncate_files(folder):
+    for f in folder.rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncate every file
-    checkpoints = Checkpoints(directory, 5)
-    assert int(checkpoints.restore_latest(trainer.abstract_state()).step) == 1
-    for f in (directory / "1").rglob("*"):
-        if f.is_file():
-            f.write_bytes(b"")
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def test_corrupt_newest_checkpoint_is_set_aside_retrained_and_saved_again(data_dir, tmp_path):
+    config = tiny_config(data_dir, max_steps=2, checkpoint_every_secs=1e-9)
+    loop.train_and_evaluate(config, tmp_path)
+    assert checkpoint_steps(tmp_path) == [1, 2]
+    intact = final_params(tmp_path, data_dir)
+    _truncate_files(tmp_path / "checkpoints" / "2")
+    loop.train_and_evaluate(config, tmp_path)  # falls back to step 1, trains step 2 again
+    assert checkpoint_steps(tmp_path) == [1, 2]
+    assert (tmp_path / "checkpoints" / "2.corrupt-1").is_dir()  # set aside, not deleted
+    jax.tree.map(np.testing.assert_array_equal, intact, final_params(tmp_path, data_dir))
+
+    for step in ("1", "2"):
+        _truncate_files(tmp_path / "checkpoints" / step)
     with pytest.raises(RuntimeError, match="no checkpoint in .* restores"):
-        checkpoints.restore_latest(trainer.abstract_state())
-    checkpoints.close()
+        loop.train_and_evaluate(config, tmp_path)
+    assert checkpoint_steps(tmp_path) == [1, 2]  # nothing restores: nothing set aside
+
+
+def test_a_second_trainer_on_a_workdir_refuses(data_dir, tmp_path):
+    with workdir.exclusive(tmp_path):  # the first trainer
+        with pytest.raises(RuntimeError, match=r"is in use by another trainer \(pid \d+ on "):
+            loop.train_and_evaluate(tiny_config(data_dir), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lock"]  # nothing overwritten
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    """A finished two-step run, profiled, started over a killed save's leftovers; its log
+    messages and result."""
+    workdir = tmp_path_factory.mktemp("finished")
+    leftover = workdir / "checkpoints" / "7.orbax-checkpoint-tmp-1234567"
+    leftover.mkdir(parents=True)
+    (leftover / "half_written").write_bytes(b"\0" * 10)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("lip_jax")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        result = loop.train_and_evaluate(
+            tiny_config(data_dir, max_steps=2, profile_steps=(1, 2)), workdir)
+    finally:
+        logger.removeHandler(handler)
+    return workdir, messages, result
+
+
+def test_status_lines_before_loading_and_compiling(finished_run):
+    _, messages, _ = finished_run
+    assert messages.index("loading fashion_mnist") < messages.index("compiling the train step")
+
+
+def test_profile_steps_write_a_trace(finished_run):
+    workdir, _, _ = finished_run
+    assert list((workdir / "profile").rglob("*.xplane.pb"))
+
+
+def test_temporary_directories_of_killed_saves_are_cleaned_up_at_start(finished_run):
+    workdir, _, _ = finished_run
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1", "2"]
+
+
+def test_rerunning_a_finished_run_returns_its_final_metrics(finished_run, data_dir):
+    workdir, _, result = finished_run
+    again = loop.train_and_evaluate(tiny_config(data_dir, max_steps=2), workdir)
+    assert again["step"] == 2 and again["eval_count"] == 103
+    assert {k: again[k] for k in result} == result
+
+
+def test_a_checkpoint_of_another_model_is_named_in_one_line(finished_run, data_dir):
+    workdir, _, _ = finished_run
+    other = tiny_config(data_dir, model_kwargs={"widths": (8, 8), "convs_per_stage": (1, 1)})
+    for run in (loop.evaluate_checkpoint, loop.train_and_evaluate):
+        with pytest.raises(ValueError, match=r"^checkpoint in .* was written by model lip_cnn "
+                                             r".*\W4, 8\W.* on fashion_mnist \(.*config.json\), "
+                                             r"not model lip_cnn .*\W8, 8\W.*$"):
+            run(other, workdir)
+
+
+def test_failed_commands_create_no_directories(data_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        loop.evaluate_checkpoint(tiny_config(data_dir), tmp_path / "typo")
+    with pytest.raises(FileNotFoundError):
+        loop.train_and_evaluate(tiny_config(tmp_path / "no_data"), tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_log_lines_print_above_the_progress_bar(capsys):
+    handler = logging.StreamHandler(sys.stderr)
+    logging.root.addHandler(handler)
+    try:
+        progress = Progress(0, 10, 32, interactive=True)
+        progress.update(3, loss=1.0)
+        logging.getLogger("lip_jax").warning("step 3: eval top-1 0.5")
+        progress.close()
+    finally:
+        logging.root.removeHandler(handler)
+    lines = re.split(r"[\r\n]", capsys.readouterr().err)
+    assert "step 3: eval top-1 0.5" in lines  # a line of its own, not glued to the bar
 
 
 @pytest.mark.parametrize("override, message", [
@@ -127,6 +213,7 @@ def test_bad_config_fails_before_anything_compiles(override, message):
 def test_batch_not_divisible_by_devices_is_named(data_dir):
     with pytest.raises(ValueError, match=r"config.batch_size = 12 is not divisible by the 8"):
         loop.Trainer(tiny_config(data_dir, batch_size=12))
+    assert loop.Trainer(tiny_config(data_dir, eval_batch_size=12)).eval_batch_size == 16
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
@@ -134,76 +221,57 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
         fashion_mnist.load("train", str(tmp_path))
 
 
-def _cli(workdir, data_dir, *extra, env=None, **fields):
-    """`lip-jax train` in a subprocess on 2 CPU devices."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu", **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "lip_jax", "train", "--workdir", str(workdir), *extra,
-         *tiny_overrides(data_dir, **fields)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-
-
-def _final_params(workdir, data_dir, **fields):
-    trainer = loop.Trainer(tiny_config(data_dir, **fields), devices=jax.devices()[:2])
-    checkpoints = Checkpoints(Path(workdir) / "checkpoints", 3)
-    state = checkpoints.restore_latest(trainer.abstract_state())
-    checkpoints.close()
-    return jax.device_get(state)
-
-
-def _wait_for(predicate, process, timeout=300):
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert process.poll() is None, process.stdout.read()
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.2)
-
-
 def test_sigkill_then_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
-    fields = dict(max_steps=12, checkpoint_every_secs=1e-9)
-    straight = _cli(tmp_path / "straight", data_dir, **fields)
-    assert straight.wait() == 0, straight.stdout.read()
+    fields = dict(max_steps=12, checkpoint_every_secs=1e-9, cache=tmp_path / "compiled")
+    straight = train_process(tmp_path / "straight", data_dir, **fields)
+    assert finish([straight]) and straight.returncode == 0, output(straight)
 
     workdir = tmp_path / "killed"
-    killed = _cli(workdir, data_dir, **fields)
-    _wait_for(lambda: any(p.name.isdigit() and int(p.name) >= 5
-                          for p in (workdir / "checkpoints").glob("*")), killed)
+    killed = train_process(workdir, data_dir, **fields)
+    wait_for(lambda: max(checkpoint_steps(workdir), default=0) >= 5, [killed])
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    resumed = _cli(workdir, data_dir, **fields)
-    output = resumed.communicate()[0]
-    assert resumed.returncode == 0, output
-    assert "resumed from the checkpoint at step" in output
-    a, b = _final_params(tmp_path / "straight", data_dir), _final_params(workdir, data_dir)
+    resumed = train_process(workdir, data_dir, **fields)  # the dead trainer's lock is free
+    text = finish([resumed])[0]
+    assert resumed.returncode == 0, text
+    assert "resumed from the checkpoint at step" in text
+    a, b = final_params(tmp_path / "straight", data_dir), final_params(workdir, data_dir)
     assert int(a.step) == int(b.step) == 12
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
-    process = _cli(tmp_path, data_dir, max_steps=100000)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_saves_and_exits_with_the_retry_status(data_dir, tmp_path, signum):
+    process = train_process(tmp_path, data_dir, max_steps=100000)
     metrics = tmp_path / "metrics.jsonl"
-    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, process)
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode == 0, output
-    assert "SIGTERM: saving a checkpoint" in output
-    steps = [int(p.name) for p in (tmp_path / "checkpoints").glob("*") if p.name.isdigit()]
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
+             [process])
+    process.send_signal(signum)
+    text = finish([process], timeout=120)[0]
+    assert process.returncode == Preempted(0).code == 75, text
+    assert f"{signum.name}: saving a checkpoint" in text
+    stopped = int(re.search(r"stopped at step (\d+) by a stop signal", text)[1])
     logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
-    assert steps and max(steps) >= logged >= 3
+    assert checkpoint_steps(tmp_path)[-1] == stopped == logged >= 3
+
+
+def test_the_default_job_evaluates_every_example_on_16_devices(tmp_path):
+    data = make_fashion_mnist(tmp_path / "data", num_train=128, num_test=1500)
+    process = train_process(tmp_path / "run", data, devices=16, max_steps=2, batch_size=64,
+                            eval_batch_size=1000)
+    text = finish([process])[0]
+    assert process.returncode == 0, text
+    assert "config.eval_batch_size = 1000 rounded up to a multiple of the 16 devices" in text
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["eval_count"] == 1500
 
 
 def test_two_processes_agree_with_one(data_dir, tmp_path):
     fields = dict(max_steps=4, eval_batch_size=40)
-    single = _cli(tmp_path / "one", data_dir, env=dict(
-        XLA_FLAGS="--xla_force_host_platform_device_count=4"), **fields)
-    assert single.wait() == 0, single.stdout.read()
-    port = 20000 + os.getpid() % 20000
-    workers = [_cli(tmp_path / "two", data_dir, **fields, distributed=True,
-                    coordinator_address=f"localhost:{port}", num_processes=2, process_id=i)
-               for i in range(2)]
-    outputs = [w.communicate(timeout=300)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    single = train_process(tmp_path / "one", data_dir, devices=4, **fields)
+    two = train_processes(2, tmp_path / "two", data_dir, devices=2, **fields)
+    outputs = finish([single, *two])
+    assert [p.returncode for p in (single, *two)] == [0, 0, 0], outputs
     read = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
     one, two = read(tmp_path / "one"), read(tmp_path / "two")
     assert [r["step"] for r in one] == [r["step"] for r in two]
@@ -212,57 +280,6 @@ def test_two_processes_agree_with_one(data_dir, tmp_path):
             if key in a:
                 np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
     assert one[-1]["eval_count"] == 103
-
-
-def _jpeg(seed, size):
-    from PIL import Image
-    import io
-    pixels = np.random.default_rng(seed).integers(0, 255, (*size, 3), np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "JPEG")
-    return out.getvalue()
-
-
-def test_imagenet_paper_config_trains_on_mock_tfds_data(tmp_path):
-    """The array_record path through `tfds.data_source` (mocked with real JPEG bytes)."""
-    tfds = pytest.importorskip("tensorflow_datasets")
-    splits = {"train": [{"image": _jpeg(i, (40 + i, 56 - i)), "label": i % 1000}
-                        for i in range(16)],
-              "validation": [{"image": _jpeg(100 + i, (30, 45)), "label": i} for i in range(11)]}
-    seen = []
-
-    def data_source(builder, split, decoders=None, **_):
-        seen.append((builder.name, split, type(decoders["image"]).__name__))
-        return splits[split]
-
-    config = load_config(str(ROOT / "experiments/configs/imagenet_lip_resnet50.py"), [
-        "--config.data_dir=/nonexistent", "--config.image_size=32", "--config.batch_size=8",
-        "--config.eval_batch_size=8", "--config.max_steps=2", "--config.num_threads=2",
-        "--config.model_kwargs={'width': 8, 'logit_width': 8, 'stage_sizes': (1, 1, 1, 1)}"])
-    with tfds.testing.mock_data(as_data_source_fn=data_source):
-        result = loop.train_and_evaluate(config, tmp_path)
-    assert ("imagenet2012", "train", "SkipDecoding") in seen
-    assert ("imagenet2012", "validation", "SkipDecoding") in seen
-    assert result["step"] == 2 and result["eval_count"] == 11
-    assert np.isfinite(result["eval_loss"])
-
-
-def test_imagenet_without_data_dir_says_so():
-    config = load_config(str(ROOT / "experiments/configs/imagenet_lip_resnet50.py"), [])
-    with pytest.raises(FileNotFoundError, match="needs --config.data_dir"):
-        loop.Trainer(config)
-
-
-def test_imagenet_transforms_shapes_and_crop_boxes():
-    from lip_jax.data import imagenet
-    rng = np.random.default_rng(0)
-    for size in ((300, 200), (50, 400), (224, 224)):
-        for _ in range(20):
-            left, top, w, h = imagenet.inception_crop(*size, rng)
-            assert 0 <= left and left + w <= size[0] and 0 <= top and top + h <= size[1]
-    example = {"image": _jpeg(0, (37, 90)), "label": 3}
-    assert imagenet.train_transform(64)(example, rng)["image"].shape == (64, 64, 3)
-    assert imagenet.eval_transform(64)(example)["image"].shape == (64, 64, 3)
 
 
 def test_init_from_converted_weights(data_dir, tmp_path):

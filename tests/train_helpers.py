@@ -1,11 +1,20 @@
-"""A tiny Fashion-MNIST-format dataset and a tiny training config, built by the tests."""
+"""A tiny Fashion-MNIST-format dataset, a tiny training config, and `lip-jax train` run in
+subprocesses (one, or several joined by jax.distributed over gloo), as the tests use them."""
 
 import gzip
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from lip_jax.train.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -41,3 +50,91 @@ def tiny_overrides(data_dir, **fields) -> list[str]:
 
 def tiny_config(data_dir, **fields):
     return load_config(None, tiny_overrides(data_dir, **fields))
+
+
+def train_process(workdir, data_dir, *extra, devices=2, cache=None,
+                  **fields) -> subprocess.Popen:
+    """`lip-jax train` of the tiny config in a subprocess on `devices` CPU devices; its
+    output (stdout and stderr) goes to a file that `output(process)` reads. `cache`: a
+    directory where runs of the same program share compiled steps (JAX's cache)."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_PLATFORMS": "cpu"}
+    if cache:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    log = tempfile.TemporaryFile("w+")  # a pipe could fill up and block the trainer
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lip_jax", "train", "--workdir", str(workdir), *extra,
+         *tiny_overrides(data_dir, **fields)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    process.log = log
+    return process
+
+
+def output(process) -> str:
+    process.log.seek(0)
+    return process.log.read()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def train_processes(count, workdir, data_dir, devices=1, **fields) -> list[subprocess.Popen]:
+    """`count` trainers joined by jax.distributed (gloo), `devices` CPU devices each."""
+    address = f"localhost:{free_port()}"
+    return [train_process(workdir, data_dir, devices=devices, distributed=True,
+                          coordinator_address=address, num_processes=count, process_id=i,
+                          **fields) for i in range(count)]
+
+
+def finish(processes, timeout=300) -> list[str]:
+    """Each process's output once all have exited; kills them all and fails after
+    `timeout` seconds, so that a hang fails the test instead of blocking CI."""
+    end = time.monotonic() + timeout
+    try:
+        for p in processes:
+            p.wait(timeout=max(end - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+        _fail(processes, f"timed out after {timeout} s")
+    return [output(p) for p in processes]
+
+
+def wait_for(predicate, processes, timeout=300) -> None:
+    """Polls `predicate` until true; fails if a process exits first or on timeout."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if any(p.poll() is not None for p in processes):
+            _fail(processes, "a process exited early")
+        if time.monotonic() > end:
+            _fail(processes, f"timed out after {timeout} s")
+        time.sleep(0.1)
+
+
+def _fail(processes, reason):
+    for p in processes:
+        p.kill()
+        p.wait()
+    raise AssertionError(reason + ":\n" + "\n---\n".join(
+        f"exit status {p.returncode}:\n{output(p)}" for p in processes))
+
+
+def final_params(workdir, data_dir, **fields):
+    """The newest checkpoint's state in `workdir`, on the host."""
+    import jax
+
+    from lip_jax.train import loop
+    from lip_jax.train.checkpoint import Checkpoints
+    trainer = loop.Trainer(tiny_config(data_dir, **fields), devices=jax.devices()[:2])
+    checkpoints = Checkpoints(Path(workdir) / "checkpoints")
+    state = checkpoints.restore_latest(trainer.abstract_state())
+    checkpoints.close()
+    return jax.device_get(state)
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    return sorted(int(p.name) for p in (Path(workdir) / "checkpoints").glob("*")
+                  if p.name.isdigit())

@@ -1,14 +1,17 @@
 """Datasets by name: what the training loop reads.
 
 `DATASETS` holds each dataset's facts; `input_pipeline(config)` returns the object the loop
-iterates (`InputPipeline`): any format, one interface.
+iterates (`InputPipeline`): any format, one interface, implemented by `GrainInput` over
+random-access sources (in-memory arrays, TFDS array_record) and by
+`imagenet_tf.TfRecordInput` over TFDS tfrecord (tf.data). `prefetch_to_device` overlaps
+the host-to-device copy of the next batch with the current step.
 """
 
 from collections.abc import Iterator
 from typing import Protocol
 
 from lip_jax.data import fashion_mnist, imagenet, pipeline, small_objects
-from lip_jax.data.pipeline import DatasetInfo, GrainInput
+from lip_jax.data.pipeline import DatasetInfo, GrainInput, prefetch_to_device
 
 DATASETS = {"fashion_mnist": fashion_mnist.INFO, "imagenet2012": imagenet.INFO,
             "small_objects": small_objects.INFO}
@@ -50,19 +53,14 @@ def input_pipeline(config) -> InputPipeline:
                           fashion_mnist.load("test", config.data_dir),
                           fashion_mnist.eval_transform,
                           batch_size=config.batch_size, seed=config.seed,
-                          num_threads=config.num_threads)
+                          num_threads=config.num_threads, num_workers=config.num_workers)
     if config.dataset == "small_objects":
         return GrainInput(small_objects.load("train"), small_objects.train_transform,
                           small_objects.load("test"), small_objects.eval_transform,
                           batch_size=config.batch_size, seed=config.seed,
-                          num_threads=config.num_threads)
-    return GrainInput(imagenet.source("train", config.data_dir, config.data_format),
-                      imagenet.train_transform(config.image_size),
-                      imagenet.source("eval", config.data_dir, config.data_format),
-                      imagenet.eval_transform(config.image_size),
-                      batch_size=config.batch_size, seed=config.seed,
-                      num_threads=config.num_threads)
+                          num_threads=config.num_threads, num_workers=config.num_workers)
+    return imagenet.input_pipeline(config)
 
 
 __all__ = ["DATASETS", "DatasetInfo", "InputPipeline", "image_shape", "info", "input_pipeline",
-           "pipeline"]
+           "pipeline", "prefetch_to_device"]

@@ -37,6 +37,9 @@ def load(split: str, data_dir: str = "") -> list[dict]:
     images, labels = _find(folder, images_name), _find(folder, labels_name)
     if images and labels:
         x, y = _read_idx(images)[..., None], _read_idx(labels).astype(np.int64)
+        if len(x) != len(y):
+            raise ValueError(f"{images} holds {len(x)} images but {labels} holds {len(y)} "
+                             "labels")
         return [{"image": image, "label": label} for image, label in zip(x, y)]
     if data_dir and (folder / "fashion_mnist").is_dir():
         import tensorflow_datasets as tfds  # a prepared TFDS copy: read it, never download

@@ -1,39 +1,75 @@
-"""ImageNet (TFDS `imagenet2012`) read from a prepared TFDS data_dir in array_record format
-through `tfds.data_source` (no TensorFlow needed); images are decoded with Pillow."""
+"""ImageNet (TFDS `imagenet2012`) from a TFDS data_dir prepared in either file format.
+
+array_record is read through `tfds.data_source` and grain (no TensorFlow); tfrecord through
+tf.data (`imagenet_tf`, the `[tf]` extra). Both evaluate on the same Pillow-decoded images;
+training crops are decoded by Pillow (array_record) or fused in TensorFlow (tfrecord).
+Nothing is downloaded: a missing or differently-formatted dataset is an error saying how
+to prepare or convert it.
+"""
 
 import io
+import math
+import re
 
 import numpy as np
+from etils import epath
 
-from lip_jax.data.pipeline import DatasetInfo
+from lip_jax.data.pipeline import DatasetInfo, GrainInput
 
 INFO = DatasetInfo(num_classes=1000, num_train=1_281_167, num_eval=50_000,
                    mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+NAME = "imagenet2012"
 SPLITS = {"train": "train", "eval": "validation"}
+FORMATS = ("array_record", "tfrecord")
 
 
-def source(split: str, data_dir: str, data_format: str = "array_record"):
-    """Random-access `{"image": JPEG bytes, "label": int}` examples of `split`."""
-    import tensorflow_datasets as tfds
-
-    if data_format != "array_record":
-        raise NotImplementedError(
-            "imagenet2012 in tfrecord format is not supported yet: prepare it as "
-            "array_record (`tfds build imagenet2012 --file_format=array_record`)")
+def prepared_dir(data_dir: str, data_format: str) -> epath.Path:
+    """The newest version directory of imagenet2012 in the TFDS `data_dir` that holds
+    `data_format` shards; otherwise FileNotFoundError naming what was found and the fix."""
     if not data_dir:
-        raise FileNotFoundError("imagenet2012 needs --config.data_dir, the TFDS data_dir where "
-                                "it is prepared; nothing is downloaded")
-    try:
-        return tfds.data_source("imagenet2012", split=SPLITS[split], data_dir=data_dir,
-                                download=False,
-                                decoders={"image": tfds.decode.SkipDecoding()})
-    except Exception as error:
-        raise FileNotFoundError(f"imagenet2012 is not prepared in {data_dir}: {error}") from error
+        raise FileNotFoundError(f"{NAME} needs --config.data_dir, the TFDS data_dir where it "
+                                "is prepared; nothing is downloaded")
+    root = epath.Path(data_dir)
+    versions = sorted((p for p in (root / NAME).glob("*")
+                       if re.fullmatch(r"\d+\.\d+\.\d+", p.name)
+                       and (p / "dataset_info.json").exists()),
+                      key=lambda p: tuple(map(int, p.name.split("."))))
+    if not versions:
+        found = (", ".join(sorted(p.name for p in root.iterdir())) or "an empty directory"
+                 if root.is_dir() else "no such directory")
+        raise FileNotFoundError(
+            f"no prepared {NAME} in --config.data_dir={data_dir} (found: {found}). Prepare "
+            f"it with `tfds build {NAME} --data_dir={data_dir} --manual_dir=DIR "
+            f"--file_format={data_format}`, DIR holding ILSVRC2012_img_train.tar and "
+            "ILSVRC2012_img_val.tar")
+    version = versions[-1]
+    found = [f for f in FORMATS if any(version.glob(f"{NAME}-train.{f}-*"))]
+    if data_format not in found:
+        switch = (f"set --config.data_format={found[0]}, or " if found else "")
+        raise FileNotFoundError(
+            f"{version} holds {NAME} as {' and '.join(found) or 'no training shards'}, not "
+            f"{data_format}: {switch}convert it with `tfds convert_format "
+            f"--dataset_version_dir={version} --out_file_format={data_format}` "
+            "(TFDS needs apache-beam importable for that command)")
+    return version
 
 
-def _decode(data):
-    from PIL import Image
-    return Image.open(io.BytesIO(data)).convert("RGB")
+def input_pipeline(config):
+    """The `InputPipeline` of imagenet2012 in `config.data_dir`, `config.data_format`."""
+    version = prepared_dir(config.data_dir, config.data_format)
+    if config.data_format == "tfrecord":
+        from lip_jax.data import imagenet_tf
+        return imagenet_tf.TfRecordInput(version, config.image_size, config.batch_size,
+                                         config.seed, config.num_threads)
+    import tensorflow_datasets as tfds
+    builder = tfds.builder_from_directory(str(version))
+    sources = [builder.as_data_source(SPLITS[split],
+                                      decoders={"image": tfds.decode.SkipDecoding()})
+               for split in ("train", "eval")]
+    return GrainInput(sources[0], train_transform(config.image_size), sources[1],
+                      eval_transform(config.image_size), batch_size=config.batch_size,
+                      seed=config.seed, num_threads=config.num_threads,
+                      num_workers=config.num_workers)
 
 
 def inception_crop(width: int, height: int, rng: np.random.Generator,
@@ -52,29 +88,49 @@ def inception_crop(width: int, height: int, rng: np.random.Generator,
     return (width - w) // 2, (height - h) // 2, w, h
 
 
+def resized_crop(image, box: tuple[int, int, int, int], size: int):
+    """The `box` (left, top, width, height) of a just-opened (not yet decoded) Pillow image,
+    resized to (size, size) as an RGB Pillow image.
+
+    A JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale (Pillow `draft`, done in the
+    DCT) at which the box still spans at least `size` pixels each way, so the resize never
+    upsamples more than it would from the full image.
+    """
+    from PIL import Image
+    full_width, full_height = image.size
+    left, top, w, h = box
+    image.draft("RGB", (math.ceil(full_width * size / w), math.ceil(full_height * size / h)))
+    sx, sy = image.size[0] / full_width, image.size[1] / full_height
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image.resize((size, size), Image.BILINEAR,
+                        box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
+
+
 def train_transform(size: int):
+    """Inception crop (scale 0.08-1, ratio 3/4-4/3) to (size, size) and a random flip."""
     def transform(example, rng):
         from PIL import Image
-        image = _decode(example["image"])
-        left, top, w, h = inception_crop(*image.size, rng)
-        image = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
-        array = np.asarray(image)
+        image = Image.open(io.BytesIO(example["image"]))
+        image = resized_crop(image, inception_crop(*image.size, rng), size)
         if rng.random() < 0.5:
-            array = array[:, ::-1]
-        return {"image": np.ascontiguousarray(array), "label": int(example["label"])}
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return {"image": np.asarray(image), "label": int(example["label"])}
     return transform
 
 
-def eval_transform(size: int):
-    resize_to = size * 8 // 7  # 256 for 224
+def eval_image(data: bytes, size: int) -> np.ndarray:
+    """Shorter side resized to size * 8 / 7 (256 for 224), then the central (size, size)."""
+    from PIL import Image
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    scale = size * 8 // 7 / min(image.size)
+    w, h = max(size, round(image.size[0] * scale)), max(size, round(image.size[1] * scale))
+    image = image.resize((w, h), Image.BILINEAR)
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)))
 
+
+def eval_transform(size: int):
     def transform(example):
-        from PIL import Image
-        image = _decode(example["image"])
-        scale = resize_to / min(image.size)
-        w, h = max(size, round(image.size[0] * scale)), max(size, round(image.size[1] * scale))
-        image = image.resize((w, h), Image.BILINEAR)
-        left, top = (w - size) // 2, (h - size) // 2
-        array = np.asarray(image.crop((left, top, left + size, top + size)))
-        return {"image": array, "label": int(example["label"])}
+        return {"image": eval_image(example["image"], size), "label": int(example["label"])}
     return transform

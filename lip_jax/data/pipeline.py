@@ -4,9 +4,12 @@ A source is any random-access sequence of examples; a transform maps one example
 training, a `numpy.random.Generator`) to `{"image": uint8 HWC, "label": int}`. The order of
 global batches depends only on the seed, never on the number of processes, and the
 batch of step `s` can be produced directly: resuming at step `s` restores the data
-position exactly.
+position exactly. Examples are transformed in `num_threads` threads of this process or, with
+`num_workers` > 0, in that many worker processes (grain's multiprocessing prefetch, each
+with its threads); the batches are the same either way.
 """
 
+import collections
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
@@ -23,36 +26,47 @@ class DatasetInfo(NamedTuple):
     std: tuple[float, ...]
 
 
-def _local_batch(global_batch: int, process_count: int) -> int:
+def local_batch(global_batch: int, process_count: int) -> int:
     if global_batch % process_count:
         raise ValueError(f"batch size {global_batch} is not divisible by the "
                          f"{process_count} processes")
     return global_batch // process_count
 
 
+def _iterate(batches: grain.MapDataset, num_threads: int, num_workers: int) -> Iterator[dict]:
+    """Each thread makes whole batches; up to 2 per thread wait in the buffer."""
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
+    dataset = batches.to_iter_dataset(options)
+    if num_workers:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():  # grain reads its absl flags (defaults outside absl.app)
+            flags.FLAGS.mark_as_parsed()
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(dataset)
+
+
 def train_batches(source: Sequence, transform: Callable, global_batch: int, *, seed: int,
                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                  num_threads: int = 8) -> Iterator[dict]:
+                  num_threads: int = 8, num_workers: int = 0) -> Iterator[dict]:
     """This process's share of global batches `start_step, start_step + 1, ...`, forever.
 
     Global batch `s` holds examples `s*B .. (s+1)*B - 1` of an endless stream of epochs,
     each a fresh shuffle of `source`; augmentation randomness is tied to the stream index.
     Process `p` gets rows `p, p + P, ...` of it (as `{"image", "label"}` arrays).
     """
-    local = _local_batch(global_batch, process_count)
+    local = local_batch(global_batch, process_count)
     stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
     stream = stream.random_map(transform)
     batches = stream[process_index::process_count].batch(local, drop_remainder=True)
-    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * local)
-    return iter(batches[start_step:].to_iter_dataset(options))
+    return _iterate(batches[start_step:], num_threads, num_workers)
 
 
 def eval_batches(source: Sequence, transform: Callable, global_batch: int, *,
                  process_index: int = 0, process_count: int = 1,
-                 num_threads: int = 8) -> Iterator[dict]:
+                 num_threads: int = 8, num_workers: int = 0) -> Iterator[dict]:
     """One pass over `source` in global batches; the last is padded, with `mask` 0 on the
     padding, so that every example counts exactly once for any batch and process count."""
-    local = _local_batch(global_batch, process_count)
+    local = local_batch(global_batch, process_count)
     size = len(source)
     num_batches = -(-size // global_batch)
 
@@ -63,7 +77,7 @@ def eval_batches(source: Sequence, transform: Callable, global_batch: int, *,
         return dict(out, mask=np.float32(index < size))
 
     batches = grain.MapDataset.range(num_batches * local).map(example).batch(local)
-    return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads)))
+    return _iterate(batches, num_threads, num_workers)
 
 
 @dataclasses.dataclass
@@ -77,6 +91,7 @@ class GrainInput:
     batch_size: int
     seed: int
     num_threads: int = 8
+    num_workers: int = 0
 
     @property
     def num_train(self) -> int:
@@ -86,9 +101,20 @@ class GrainInput:
         return train_batches(self.train_source, self.train_transform, self.batch_size,
                              seed=self.seed, start_step=start_step,
                              process_index=process_index, process_count=process_count,
-                             num_threads=self.num_threads)
+                             num_threads=self.num_threads, num_workers=self.num_workers)
 
     def eval_batches(self, global_batch, process_index, process_count):
         return eval_batches(self.eval_source, self.eval_transform, global_batch,
                             process_index=process_index, process_count=process_count,
-                            num_threads=self.num_threads)
+                            num_threads=self.num_threads, num_workers=self.num_workers)
+
+
+def prefetch_to_device(batches: Iterator, put: Callable, depth: int = 2) -> Iterator:
+    """`put(batch)` for each of `batches`, issued `depth` batches ahead: JAX copies to the
+    devices asynchronously, so the copy of the next batch overlaps the current step."""
+    queue = collections.deque()
+    for batch in batches:
+        queue.append(put(batch))
+        if len(queue) == depth:
+            yield queue.popleft()
+    yield from queue

@@ -10,9 +10,9 @@ from lip_jax.linen.regions import GlobalLIP
 
 
 def batch_norm(train: bool, group_size: int = 0, **kinds):
-    """The zoo's BatchNorm def; `group_size` is passed only when set (> 0)."""
-    grouped = dict(group_size=group_size) if group_size else {}
-    return functools.partial(BatchNorm, use_running_average=not train, **grouped, **kinds)
+    """The zoo's BatchNorm def (`group_size` > 0: statistics per group of examples)."""
+    return functools.partial(BatchNorm, use_running_average=not train, group_size=group_size,
+                             **kinds)
 
 
 def pool_globally(x, kind: str, **kinds):

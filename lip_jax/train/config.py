@@ -1,117 +1,237 @@
-"""Training configuration: defaults, Python config files, command-line overrides, checks."""
+"""Training configuration: one table of fields (name, default, meaning), Python config
+files, a run's config.json, command-line overrides, and the checks that run before
+anything compiles."""
 
 import ast
+import difflib
 import importlib.util
 import json
 from pathlib import Path
 
 import ml_collections
 
+from lip_jax.data import DATASETS
 from lip_jax.models import list_models
+
+FIELDS = (
+    # (name, default, meaning); the default's type is the field's type
+    ("model", "lip_cnn", "model name (`lip-jax models` lists them)"),
+    ("model_kwargs", {}, "extra create_model arguments: {'widths': (8, 16)}"),
+    ("dtype", "float32", 'compute dtype: "float32" or "bfloat16"'),
+    ("init_from", "", "start from `lip-jax convert` output or a work directory"),
+    ("dataset", "fashion_mnist", " or ".join(map(repr, DATASETS))),
+    ("data_dir", "", "IDX files or a TFDS data_dir (imagenet2012: TFDS)"),
+    ("data_format", "array_record", 'imagenet2012 files: "array_record" or "tfrecord"'),
+    ("image_size", 224, "imagenet2012 crop; eval resizes to image_size * 8 / 7"),
+    ("num_threads", 8, "input worker threads per process"),
+    ("num_workers", 0, "input worker processes (grain); each runs num_threads"),
+    ("batch_size", 64, "global batch, across all devices and hosts"),
+    ("eval_batch_size", 500, "global evaluation batch"),
+    ("num_epochs", 4.0, "length of training"),
+    ("max_steps", -1, "> 0: stop after this many steps instead"),
+    ("optimizer", "nesterov", '"sgd" (momentum) or "nesterov"'),
+    ("learning_rate", 0.4, "peak rate at lr_reference_batch, scaled linearly"),
+    ("lr_reference_batch", 256, "the batch size learning_rate is given for"),
+    ("momentum", 0.9, "SGD momentum"),
+    ("weight_decay", 5e-4, "L2 on all parameters (official recipe: 1e-4)"),
+    ("schedule", "cosine", '"step" (x decay_factor at decay_epochs) or "cosine"'),
+    ("decay_epochs", (30, 60, 80), 'epochs at which the "step" schedule decays'),
+    ("decay_factor", 0.1, 'factor of each "step" decay'),
+    ("warmup_epochs", 0.0, "linear warmup from 0, in epochs"),
+    ("label_smoothing", 0.0, "in [0, 1)"),
+    ("bn_group_size", 0, "BatchNorm statistics per G examples (paper: 32); 0: all"),
+    ("seed", 0, "initialisation and data order"),
+    ("log_every_steps", 50, "write training metrics every this many steps"),
+    ("eval_every_epochs", 1.0, "evaluate every this many epochs and at the end"),
+    ("checkpoint_every_secs", 120.0, "save at least this often and at the end"),
+    ("keep_checkpoints", 3, "number of newest checkpoints kept"),
+    ("profile_steps", (), "(first, last) steps to trace; N = (N, N); () = off"),
+    ("distributed", False, "call jax.distributed.initialize() (multi-host)"),
+    ("coordinator_address", "", '"host:port" where the cluster does not say'),
+    ("num_processes", -1, "with coordinator_address: number of processes"),
+    ("process_id", -1, "with coordinator_address: this process's index"),
+)
+DEFAULTS = {name: default for name, default, _ in FIELDS}
+HELP = "`lip-jax train --help` lists the fields"
 
 
 def default_config() -> ml_collections.ConfigDict:
     """The default job: LIP CNN on Fashion-MNIST, offline, minutes on 2 CPU cores."""
-    c = ml_collections.ConfigDict()
-    c.model = "lip_cnn"
-    c.model_kwargs = ml_collections.ConfigDict()  # extra create_model arguments
-    c.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
-    c.init_from = ""  # a directory written by `lip-jax convert`: start from its weights
-
-    c.dataset = "fashion_mnist"  # or "imagenet2012"
-    c.data_dir = ""  # fashion_mnist: IDX files or a TFDS data_dir; imagenet2012: TFDS data_dir
-    c.data_format = "array_record"  # imagenet2012 files: "array_record" (grain) or "tfrecord"
-    c.image_size = 224  # imagenet2012 crop size (eval resizes to image_size * 8 / 7)
-    c.num_threads = 8  # input worker threads per process
-
-    c.batch_size = 64  # global, across all devices and hosts
-    c.eval_batch_size = 500
-    c.num_epochs = 4.0
-    c.max_steps = -1  # > 0: stop after this many steps (smoke tests)
-
-    c.optimizer = "nesterov"  # "sgd" (momentum) or "nesterov"
-    c.learning_rate = 0.4  # for a batch of `lr_reference_batch`, scaled linearly
-    c.lr_reference_batch = 256
-    c.momentum = 0.9
-    c.weight_decay = 5e-4  # on all parameters (the official recipe uses 1e-4)
-    c.schedule = "cosine"  # "step" (x`decay_factor` at `decay_epochs`) or "cosine"
-    c.decay_epochs = (30, 60, 80)
-    c.decay_factor = 0.1
-    c.warmup_epochs = 0.0
-    c.label_smoothing = 0.0
-
-    c.seed = 0
-    c.log_every_steps = 50
-    c.eval_every_epochs = 1.0
-    c.checkpoint_every_secs = 120.0
-    c.keep_checkpoints = 3
-    c.distributed = False  # call jax.distributed.initialize() (multi-host)
-    c.coordinator_address = ""  # only where the cluster does not say: "host:port"
-    c.num_processes = -1
-    c.process_id = -1
-    return c
+    return ml_collections.ConfigDict(DEFAULTS)
 
 
-def load_config(path: str | None, overrides: list[str]) -> ml_collections.ConfigDict:
-    """The default config, updated by `get_config()` of a Python file, then by overrides
-    `--config.field=value` (values parsed as Python literals, else taken as strings)."""
-    config = default_config()
-    if path:
-        spec = importlib.util.spec_from_file_location("lip_jax_user_config", path)
-        if spec is None or not Path(path).is_file():
-            raise FileNotFoundError(f"config file {path} not found")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config.update(module.get_config())
-    for item in overrides:
-        if not item.startswith("--config.") or "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form --config.field=value")
-        field, text = item[len("--config."):].split("=", 1)
+def describe_config() -> str:
+    """Every field with its default and meaning, one line each (for `--help`)."""
+    name_width = max(len(name) for name in DEFAULTS)
+    value_width = max(len(repr(default)) for default in DEFAULTS.values())
+    return "\n".join(f"  {name:<{name_width}}  {default!r:<{value_width}}  {meaning}"
+                     for name, default, meaning in FIELDS)
+
+
+def load_config(path: str | None, overrides: list[str],
+                base: str | None = None) -> ml_collections.ConfigDict:
+    """The defaults, updated in turn by `base` (a run's `config.json`), by `get_config()`
+    of the Python file `path`, and by overrides `--config.field=value` (values parsed as
+    Python literals; for text fields the text itself). Raises ValueError naming the
+    field (and file) of the first unknown field, wrong type or bad value."""
+    values = dict(DEFAULTS)
+    if base:
         try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        node, *path = [config] + field.split(".")
-        for name in path[:-1]:
-            node = node[name]
-        if path[-1] not in node:
-            raise ValueError(f"unknown config field {field!r}")
-        current = node[path[-1]]
-        if isinstance(current, float) and isinstance(value, int):
-            value = float(value)
-        node[path[-1]] = value
+            saved = json.loads(_existing(base, "config.json").read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{base} is not a config.json: {error}") from None
+        _update(values, saved, base)
+    if path:
+        _update(values, _get_config(path), path)
+    for item in overrides:
+        _update(values, _override(item, values), "the command line")
+    if len(values["profile_steps"]) == 1:  # --config.profile_steps=N traces step N
+        values["profile_steps"] *= 2
+    config = ml_collections.ConfigDict(values)
     check_config(config)
     return config
 
 
 def read_config(path) -> ml_collections.ConfigDict:
     """A config written by the training loop (`workdir/config.json`)."""
-    config = default_config()
-    config.update(json.loads(Path(path).read_text()))
+    return load_config(None, [], base=str(path))
+
+
+def _existing(path, what: str) -> Path:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    return Path(path)
+
+
+def _get_config(path: str) -> dict:
+    spec = importlib.util.spec_from_file_location("lip_jax_user_config", _existing(path,
+                                                                                   "config file"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path} defines no get_config()")
+    config = module.get_config()
+    if isinstance(config, ml_collections.ConfigDict):
+        return config.to_dict()
+    if not isinstance(config, dict):
+        raise ValueError(f"get_config() of {path} returned {type(config).__name__}, not a "
+                         "ConfigDict or dict")
     return config
+
+
+def _override(item: str, values: dict) -> dict:
+    """`--config.field=value` as `{field: value}`; `--config.model_kwargs.key=value` sets one
+    create_model argument."""
+    if not item.startswith("--config.") or "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form --config.field=value")
+    field, text = item[len("--config."):].split("=", 1)
+    name, *key = field.split(".", 1)
+    value = _literal(text)
+    if isinstance(DEFAULTS.get(name), str) and not isinstance(value, str):
+        value = text  # a text field takes the text as it is: --config.data_dir=2024
+    if key and name == "model_kwargs":
+        value = {**values[name], key[0]: value}
+    elif key:
+        raise ValueError(f"config.{name} has no field {key[0]!r}")
+    return {name: value}
+
+
+def _literal(text: str):
+    """A Python literal, `true`/`false`, or else the text itself."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _update(values: dict, new: dict, source: str) -> None:
+    """Sets `values[name]` for each field of `new`, converted to the field's type; raises
+    ValueError naming `source` for an unknown field or a value of the wrong type."""
+    for name, value in new.items():
+        if name not in DEFAULTS:
+            raise ValueError(f"unknown config field {name!r} in {source}"
+                             f"{_did_you_mean(name, DEFAULTS)}; {HELP}")
+        converted = _convert(DEFAULTS[name], value)
+        if converted is None:
+            raise ValueError(f"config.{name} = {value!r} (from {source}): must be "
+                             f"{_TYPE_NAMES[type(DEFAULTS[name])]}")
+        values[name] = converted
+
+
+_TYPE_NAMES = {bool: "True or False", int: "an integer", float: "a number", str: "a string",
+               tuple: "a tuple of numbers", dict: "a dict of create_model arguments"}
+
+
+def _convert(default, value):
+    """`value` as the type of `default` (ints widen to floats, lists and single numbers
+    become tuples), or None if it is not of that type."""
+    if isinstance(default, tuple):
+        value = (value,) if _is_number(value) else value
+        if isinstance(value, (tuple, list)) and all(map(_is_number, value)):
+            return tuple(value)
+    elif isinstance(default, dict):  # model_kwargs; config.json turns tuples into lists
+        if isinstance(value, dict):
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    elif isinstance(default, float):
+        if _is_number(value):
+            return float(value)
+    elif type(value) is type(default):  # bool, int, str exactly: True is no batch size
+        return value
+    return None
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_config(c: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad field; runs before anything compiles."""
     checks = [
-        ("model", c.model in list_models(), f"unknown model; known: {', '.join(list_models())}"),
+        ("model", c.model in list_models(),
+         f"unknown model{_did_you_mean(c.model, list_models())}; known: "
+         f"{', '.join(list_models())}"),
         ("dtype", c.dtype in ("float32", "bfloat16"), 'must be "float32" or "bfloat16"'),
-        ("dataset", c.dataset in ("fashion_mnist", "imagenet2012", "small_objects"),
-         'must be "fashion_mnist", "imagenet2012" or "small_objects"'),
+        ("dataset", c.dataset in DATASETS, f"must be {' or '.join(map(repr, DATASETS))}"),
         ("data_format", c.data_format in ("array_record", "tfrecord"),
          'must be "array_record" or "tfrecord"'),
-        ("batch_size", isinstance(c.batch_size, int) and c.batch_size > 0, "must be > 0"),
-        ("eval_batch_size", isinstance(c.eval_batch_size, int) and c.eval_batch_size > 0,
-         "must be > 0"),
+        ("image_size", c.image_size > 0, "must be > 0"),
+        ("num_threads", c.num_threads > 0, "must be > 0"),
+        ("num_workers", c.num_workers >= 0, "must be >= 0"),
+        ("batch_size", c.batch_size > 0, "must be > 0"),
+        ("eval_batch_size", c.eval_batch_size > 0, "must be > 0"),
         ("num_epochs", c.num_epochs > 0, "must be > 0"),
+        ("max_steps", c.max_steps == -1 or c.max_steps > 0, "must be > 0, or -1 (off)"),
         ("learning_rate", c.learning_rate > 0, "must be > 0"),
+        ("lr_reference_batch", c.lr_reference_batch > 0, "must be > 0"),
+        ("momentum", 0 <= c.momentum < 1, "must be in [0, 1)"),
         ("optimizer", c.optimizer in ("sgd", "nesterov"), 'must be "sgd" or "nesterov"'),
         ("schedule", c.schedule in ("step", "cosine"), 'must be "step" or "cosine"'),
         ("weight_decay", c.weight_decay >= 0, "must be >= 0"),
+        ("decay_epochs", all(e > 0 for e in c.decay_epochs), "must be epochs > 0"),
+        ("decay_factor", c.decay_factor > 0, "must be > 0"),
         ("label_smoothing", 0 <= c.label_smoothing < 1, "must be in [0, 1)"),
         ("warmup_epochs", 0 <= c.warmup_epochs < c.num_epochs, "must be in [0, num_epochs)"),
+        ("bn_group_size", c.bn_group_size >= 0, "must be >= 0"),
+        ("bn_group_size", c.bn_group_size == 0 or c.batch_size % c.bn_group_size == 0,
+         f"must divide batch_size ({c.batch_size})"),
+        ("log_every_steps", c.log_every_steps > 0, "must be > 0"),
+        ("eval_every_epochs", c.eval_every_epochs > 0, "must be > 0"),
         ("checkpoint_every_secs", c.checkpoint_every_secs > 0, "must be > 0"),
         ("keep_checkpoints", c.keep_checkpoints >= 1, "must be >= 1"),
+        ("profile_steps", c.profile_steps == () or (
+            len(c.profile_steps) == 2 and all(isinstance(s, int) for s in c.profile_steps)
+            and 1 <= c.profile_steps[0] <= c.profile_steps[1]),
+         "must be () (off), a step N >= 1, or steps (first, last) with 1 <= first <= last"),
+        ("num_processes", c.num_processes == -1 or c.num_processes > 0,
+         "must be > 0, or -1 (the cluster says)"),
+        ("process_id", c.process_id >= -1, "must be >= 0, or -1 (the cluster says)"),
     ]
     for field, ok, message in checks:
         if not ok:

@@ -8,8 +8,6 @@ connects hosts when `config.distributed` is set.
 import functools
 import logging
 import math
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +19,9 @@ from lip_jax import data, pretrained
 from lip_jax.models import create_model
 from lip_jax.train import steps
 from lip_jax.train.checkpoint import Checkpoints
-from lip_jax.train.metrics import MetricsWriter, Progress
+from lip_jax.train.metrics import MetricsWriter, Progress, last_evaluation
+from lip_jax.train.preemption import Preempted, StopSignals
+from lip_jax.train.workdir import check_matches, exclusive
 from lip_jax.train.optim import make_optimizer, make_schedule
 
 log = logging.getLogger("lip_jax")
@@ -48,16 +48,23 @@ class Trainer:
         self.config = config
         self.info = data.info(config.dataset)
         devices = jax.devices() if devices is None else devices
-        for field in ("batch_size", "eval_batch_size"):
-            if config[field] % len(devices):
-                raise ValueError(f"config.{field} = {config[field]} is not divisible by the "
-                                 f"{len(devices)} devices")
+        if config.batch_size % len(devices):
+            raise ValueError(f"config.batch_size = {config.batch_size} is not divisible by "
+                             f"the {len(devices)} devices")
+        # Padding and a mask count each example once: any evaluation batch serves.
+        self.eval_batch_size = -(-config.eval_batch_size // len(devices)) * len(devices)
+        if self.eval_batch_size != config.eval_batch_size:
+            log.info("evaluating in batches of %d: config.eval_batch_size = %d rounded up to "
+                     "a multiple of the %d devices", self.eval_batch_size,
+                     config.eval_batch_size, len(devices))
+        log.info("loading %s", config.dataset)
         self.input = data.input_pipeline(config)
         self.steps_per_epoch = max(1, self.input.num_train // config.batch_size)
         self.total_steps = (config.max_steps if config.max_steps > 0
                             else math.ceil(config.num_epochs * self.steps_per_epoch))
         self.model = create_model(config.model, num_classes=self.info.num_classes,
-                                  dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+                                  dtype=jnp.dtype(config.dtype),
+                                  bn_group_size=config.bn_group_size, **config.model_kwargs)
         self.schedule = make_schedule(config, self.steps_per_epoch, self.total_steps)
         self.tx = make_optimizer(config, self.schedule)
         mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
@@ -83,13 +90,20 @@ class Trainer:
                                 opt_state=self.tx.init(variables["params"]))
 
     def init_state(self) -> steps.TrainState:
-        """A fresh state (or the `init_from` weights), replicated over the mesh."""
+        """A fresh state, or the `init_from` weights with a fresh classifier where theirs
+        has another shape (another num_classes); replicated over the mesh."""
         state = jax.jit(self._fresh_state, out_shardings=self.replicated)()
         if self.config.init_from:
-            variables = pretrained.load_variables(self.config.init_from, self.config.model,
-                                                  like=state)
+            fresh = {"params": state.params, "batch_stats": state.batch_stats}
+            classifier = pretrained.classifier_paths(self.model, data.image_shape(self.config))
+            variables, replaced = pretrained.fit_variables(
+                pretrained.load_variables(self.config.init_from, self.config.model), fresh,
+                classifier, self.config.init_from)
             state = state.replace(**jax.device_put(variables, self.replicated))
             log.info("initialised from %s", self.config.init_from)
+            if replaced:
+                log.info("re-initialised the classifier (another num_classes): %s",
+                         ", ".join(replaced))
         return state
 
     def abstract_state(self):
@@ -105,7 +119,7 @@ class Trainer:
     def evaluate(self, state) -> dict:
         """Top-1/top-5 accuracy and loss over the whole eval split, each example once."""
         totals = None
-        for batch in self.input.eval_batches(self.config.eval_batch_size, jax.process_index(),
+        for batch in self.input.eval_batches(self.eval_batch_size, jax.process_index(),
                                              jax.process_count()):
             sums = self.eval_step(state, self.global_batch(batch))
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -115,40 +129,70 @@ class Trainer:
                     eval_loss=totals["loss"] / count, eval_count=count)
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag that the loop checks after each step."""
+class _Profile:
+    """A `jax.profiler` trace of steps `first..last` (`config.profile_steps`, inclusive)
+    into `directory`, on process 0; TensorBoard's profile tab or Perfetto read it."""
 
-    def __init__(self):
-        self.requested = False
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
+    def __init__(self, steps, directory):
+        self.first, self.last = steps if steps and jax.process_index() == 0 else (0, -1)
+        self.directory, self.active = directory, False
 
-    def _handle(self, signum, frame):
-        log.warning("SIGTERM: saving a checkpoint and stopping")
-        self.requested = True
+    def before(self, step: int) -> None:
+        if step == self.first:
+            log.info("profiling steps %d-%d into %s", self.first, self.last, self.directory)
+            jax.profiler.start_trace(str(self.directory))
+            self.active = True
 
-    def restore(self):
-        signal.signal(signal.SIGTERM, self.previous)
+    def after(self, step: int, state) -> None:
+        if self.active and step >= self.last:
+            jax.block_until_ready(state)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
 
 
-def _check_finite(history, last_saved):
+def _check_finite(history, checkpoints):
     for step, metrics in history:
         if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
             raise FloatingPointError(
                 f"loss {metrics['loss']} / gradient norm {metrics['grad_norm']} at step {step}: "
-                f"stopping; the last good checkpoint (step {last_saved}) is intact")
+                f"stopping; {checkpoints.intact()}")
 
 
 def train_and_evaluate(config, workdir) -> dict:
     """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final
-    metrics. Saves at least every `checkpoint_every_secs`, on SIGTERM, and at the end."""
+    metrics (a finished run's from its metrics.jsonl). Saves at least every
+    `checkpoint_every_secs`, at the end, and on SIGTERM or SIGINT, then raises `Preempted`.
+
+    Every decision below is the same on every process at the same step: evaluate and log
+    from the step; save from orbax's policy (decided on process 0, broadcast) or at the
+    end; stop from the signal sync point; a non-finite loss is a replicated value."""
     workdir = epath.Path(workdir)  # local, or a cloud URL such as gs://bucket/run
-    workdir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config)
-    checkpoints = Checkpoints(workdir / "checkpoints", config.keep_checkpoints)
+    trainer = Trainer(config)  # reads the data: nothing is created before it succeeds
+    check_matches(config, workdir)
+    with exclusive(workdir):
+        checkpoints = Checkpoints(workdir / "checkpoints", config.keep_checkpoints,
+                                  every_secs=config.checkpoint_every_secs)
+        try:
+            return _train(trainer, checkpoints, workdir)
+        finally:
+            checkpoints.wait()
+            checkpoints.close()
+
+
+def _train(trainer, checkpoints, workdir) -> dict:
+    config = trainer.config
     state = checkpoints.restore_latest(trainer.abstract_state())
     if state is None:
         state = trainer.init_state()
     start = int(jax.device_get(state.step))
+    if start >= trainer.total_steps:
+        log.info("the run in %s is finished (step %d)", workdir, start)
+        return dict(last_evaluation(workdir), step=start,
+                    steps_per_epoch=trainer.steps_per_epoch)
     if start:
         log.info("resumed from the checkpoint at step %d in %s", start, workdir)
     lead = jax.process_index() == 0
@@ -156,24 +200,29 @@ def train_and_evaluate(config, workdir) -> dict:
         (workdir / "config.json").write_text(config.to_json(indent=1))
     writer = MetricsWriter(workdir, enabled=lead)
     batches = trainer.input.train_batches(start, jax.process_index(), jax.process_count())
+    batches = data.prefetch_to_device(batches, trainer.global_batch)  # copies overlap steps
     eval_every = max(1, int(config.eval_every_epochs * trainer.steps_per_epoch))
+    profile = _Profile(config.profile_steps, workdir / "profile")
     progress = Progress(start, trainer.total_steps, config.batch_size, enabled=lead)
-    preemption = _Preemption()
-    history, last_saved, last_save_time = [], start, time.monotonic()
-    final = {}
+    signals = StopSignals()
+    history, final = [], {}
+    log.info("compiling the train step")
     try:
         for step in range(start + 1, trainer.total_steps + 1):
-            batch = trainer.global_batch(next(batches))
+            batch = next(batches)
+            profile.before(step)
             with jax.transfer_guard("disallow"):
                 state, metrics = trainer.train_step(state, batch)
+            profile.after(step, state)
             history.append((step, metrics))
-            stop = preemption.requested
-            due = time.monotonic() - last_save_time >= config.checkpoint_every_secs
-            log_now = step % config.log_every_steps == 0 or step == trainer.total_steps
-            evaluate = step % eval_every == 0 or step == trainer.total_steps
-            if log_now or due or stop or evaluate:
+            last = step == trainer.total_steps
+            stop = signals.reached(step) and not last  # a signal at the end changes nothing
+            save = stop or last or checkpoints.should_save(step)
+            log_now = step % config.log_every_steps == 0 or last
+            evaluate = step % eval_every == 0 or last
+            if log_now or save or evaluate:
                 history = [(s, jax.device_get(m)) for s, m in history]
-                _check_finite(history, last_saved)
+                _check_finite(history, checkpoints)
                 step_metrics = history[-1][1]
                 rate = progress.update(step, loss=step_metrics["loss"],
                                        accuracy=step_metrics["accuracy"])
@@ -181,36 +230,40 @@ def train_and_evaluate(config, workdir) -> dict:
                                       for k in ("loss", "accuracy", "grad_norm")},
                              learning_rate=step_metrics["learning_rate"], images_per_sec=rate)
                 history = []
-            if evaluate:
+            if save:
+                checkpoints.save(state)  # in the background
+            if evaluate and not stop:
                 final = trainer.evaluate(state)
                 writer.write(step, epoch=step / trainer.steps_per_epoch, **final)
                 log.info("step %d: eval top-1 %.4f, top-5 %.4f", step, final["eval_top1"],
                          final["eval_top5"])
-            if due or stop or step == trainer.total_steps:
-                checkpoints.save(state)
-                last_saved, last_save_time = step, time.monotonic()
             if stop:
-                break
+                log.warning("stopped at step %d by a stop signal (SIGTERM or SIGINT) with a "
+                            "checkpoint; run the same command to resume", step)
+                raise Preempted(step)
     finally:
-        preemption.restore()
+        signals.restore()
+        profile.stop()
         progress.close()
-        checkpoints.wait()
-        checkpoints.close()
         writer.close()
     return dict(final, step=int(jax.device_get(state.step)),
                 steps_per_epoch=trainer.steps_per_epoch)
 
 
 def latest_state(config, workdir):
-    """(Trainer, newest restorable state in `workdir`, or the `init_from` weights)."""
+    """(Trainer, newest restorable state in `workdir`, or the `init_from` weights). Reads
+    only: a missing directory is created by nothing."""
     trainer = Trainer(config)
-    checkpoints = Checkpoints(epath.Path(workdir) / "checkpoints", config.keep_checkpoints)
-    state = checkpoints.restore_latest(trainer.abstract_state())
-    checkpoints.close()
+    check_matches(config, workdir)
+    directory = epath.Path(workdir) / "checkpoints"
+    state = None
+    if directory.exists():
+        checkpoints = Checkpoints(directory)
+        state = checkpoints.restore_latest(trainer.abstract_state())
+        checkpoints.close()
     if state is None:
         if not config.init_from:
-            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints and no "
-                                    "config.init_from")
+            raise FileNotFoundError(f"no checkpoint in {directory} and no config.init_from")
         state = trainer.init_state()
     return trainer, state
 

@@ -1,6 +1,7 @@
 """Metrics: JSON lines in `workdir/metrics.jsonl`, TensorBoard where tensorboardX is
 installed, and progress on the terminal (a bar when interactive, log lines otherwise)."""
 
+import contextlib
 import json
 import logging
 import sys
@@ -42,16 +43,32 @@ class MetricsWriter:
                 self.tensorboard.close()
 
 
-class Progress:
-    """A tqdm bar with images/s and ETA on a terminal; plain log lines elsewhere."""
+def last_evaluation(workdir) -> dict:
+    """The newest evaluation row of `workdir/metrics.jsonl` ({} if there is none)."""
+    path = epath.Path(workdir) / "metrics.jsonl"
+    rows = path.read_text().splitlines() if path.exists() else []
+    for line in reversed(rows):
+        row = json.loads(line)
+        if "eval_top1" in row:
+            return row
+    return {}
 
-    def __init__(self, start: int, total: int, batch_size: int, enabled: bool = True):
+
+class Progress:
+    """A tqdm bar with images/s and ETA on a terminal (log lines, the evaluation's included,
+    are printed above it through `tqdm.write`); plain log lines elsewhere."""
+
+    def __init__(self, start: int, total: int, batch_size: int, enabled: bool = True,
+                 interactive: bool | None = None):
         self.batch_size, self.total, self.enabled = batch_size, total, enabled
         self.last_step, self.last_time = start, time.perf_counter()
-        self.bar = None
-        if enabled and sys.stderr.isatty():
+        self.bar, self.context = None, contextlib.ExitStack()
+        if enabled and (sys.stderr.isatty() if interactive is None else interactive):
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+            from tqdm.contrib.logging import logging_redirect_tqdm
+            self.context.enter_context(logging_redirect_tqdm())
+            self.bar = self.context.enter_context(
+                tqdm(total=total, initial=start, unit="step", dynamic_ncols=True))
 
     def update(self, step: int, **scalars) -> float:
         """Reports progress up to `step`; returns images/s since the last call."""
@@ -70,5 +87,4 @@ class Progress:
         return rate
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.context.close()

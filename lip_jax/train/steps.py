@@ -40,7 +40,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, mean, std
                                                                               updates),
                               batch_stats=batch_stats, opt_state=opt_state)
     metrics = dict(loss=loss, accuracy=jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-                   grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
+                   grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
     return new_state, metrics
 
 

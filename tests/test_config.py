@@ -1,0 +1,137 @@
+"""Configs: types, values and unknown fields refused at load time, naming the field and
+file; a run's config.json as a base; the field table behind `lip-jax train --help`; a
+dataset whose files disagree refused at load."""
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lip_jax.data import fashion_mnist
+from lip_jax.train.config import (FIELDS, default_config, describe_config, load_config,
+                                  read_config)
+from train_helpers import make_fashion_mnist, write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("log_every_steps=0", r"config.log_every_steps = 0: must be > 0"),
+    ("lr_reference_batch=0", r"config.lr_reference_batch = 0: must be > 0"),
+    ("eval_every_epochs=0", r"config.eval_every_epochs = 0.0: must be > 0"),
+    ("batch_size=True", r"config.batch_size = True \(from the command line\): must be an "
+                        "integer"),
+    ("batch_size=64.0", r"config.batch_size = 64.0 .*: must be an integer"),
+    ("learning_rate=fast", r"config.learning_rate = 'fast' .*: must be a number"),
+    ("num_epochs=False", r"config.num_epochs = False .*: must be a number"),
+    ("distributed=1", r"config.distributed = 1 .*: must be True or False"),
+    ("decay_epochs=thirty", r"config.decay_epochs = 'thirty' .*: must be a tuple of numbers"),
+    ("model_kwargs=3", r"config.model_kwargs = 3 .*: must be a dict"),
+    ("bn_group_size=-1", r"config.bn_group_size = -1: must be >= 0"),
+    ("bn_group_size=48", r"config.bn_group_size = 48: must divide batch_size \(64\)"),
+    ("profile_steps=(5, 2)", r"config.profile_steps = \(5, 2\): must be \(\) \(off\)"),
+    ("profile_steps=0", r"config.profile_steps = \(0, 0\)"),
+    ("max_steps=0", r"config.max_steps = 0: must be > 0, or -1"),
+    ("modle=lip_cnn", r"unknown config field 'modle' in the command line \(did you mean "
+                      r"'model'\?\); `lip-jax train --help` lists the fields"),
+    ("dtype.kind=1", r"config.dtype has no field 'kind'"),
+    ("model=lip_resnet5", r"config.model = 'lip_resnet5': unknown model \(did you mean "
+                          r"'lip_resnet50'\?\); known: "),
+])
+def test_bad_values_are_refused_at_load_naming_the_field(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [f"--config.{override}"])
+
+
+def test_values_are_converted_to_the_field_type():
+    config = load_config(None, [
+        "--config.num_epochs=2", "--config.decay_epochs=[10, 20.5]", "--config.data_dir=2024",
+        "--config.profile_steps=7", "--config.distributed=true", "--config.init_from='a b'",
+        "--config.model_kwargs.widths=(4, 8)"])
+    assert config.num_epochs == 2.0 and isinstance(config.num_epochs, float)
+    assert config.decay_epochs == (10, 20.5)
+    assert config.data_dir == "2024" and config.init_from == "a b"
+    assert config.profile_steps == (7, 7) and config.distributed is True
+    assert config.model_kwargs.to_dict() == {"widths": (4, 8)}
+
+
+def _write(path: Path, body: str) -> str:
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def test_unknown_field_in_a_config_file_names_the_file(tmp_path):
+    path = _write(tmp_path / "extra.py", """
+        from lip_jax.train.config import default_config
+        def get_config():
+            c = default_config()
+            c.batch = 32
+            return c
+        """)
+    with pytest.raises(ValueError, match=rf"unknown config field 'batch' in {path} \(did you "
+                                         r"mean 'batch_size'\?\)"):
+        load_config(path, [])
+
+
+def test_wrong_type_in_a_config_file_names_the_file(tmp_path):
+    path = _write(tmp_path / "typed.py", """
+        def get_config():
+            return {"eval_batch_size": True}
+        """)
+    with pytest.raises(ValueError, match=rf"config.eval_batch_size = True \(from {path}\)"):
+        load_config(path, [])
+
+
+def test_config_file_without_get_config_is_named(tmp_path):
+    path = _write(tmp_path / "empty.py", "x = 1\n")
+    with pytest.raises(ValueError, match=f"config file {path} defines no get_config"):
+        load_config(path, [])
+
+
+def test_base_then_file_then_overrides(tmp_path):
+    run = load_config(None, ["--config.model=cnn", "--config.batch_size=32",
+                             "--config.model_kwargs={'widths': (4, 8)}",
+                             "--config.profile_steps=(2, 3)", "--config.decay_epochs=(5,)"])
+    base = tmp_path / "config.json"
+    base.write_text(run.to_json(indent=1))  # as the training loop writes it
+    assert read_config(base).to_dict() == run.to_dict()  # tuples survive JSON
+    path = _write(tmp_path / "file.py", """
+        def get_config():
+            return {"batch_size": 16}
+        """)
+    config = load_config(path, ["--config.seed=3"], base=str(base))
+    assert (config.model, config.batch_size, config.seed) == ("cnn", 16, 3)
+    assert config.model_kwargs.to_dict() == {"widths": (4, 8)}
+
+
+def test_unknown_field_in_a_base_config_json_names_it(tmp_path):
+    base = tmp_path / "config.json"
+    base.write_text('{"model": "cnn", "bn_groups": 2}')
+    with pytest.raises(ValueError, match=rf"'bn_groups' in {base} \(did you mean "
+                                         r"'bn_group_size'\?\)"):
+        load_config(None, [], base=str(base))
+
+
+def test_describe_config_lists_every_field_with_default_and_meaning():
+    lines = describe_config().splitlines()
+    defaults = default_config()
+    assert sorted(line.split()[0] for line in lines) == sorted(defaults)
+    for line, (name, default, meaning) in zip(lines, FIELDS):
+        assert line.split(None, 1)[1].startswith(repr(default)) and line.endswith(meaning)
+        assert len(line) <= 100
+
+
+def test_paper_recipes_use_groups_of_32_images_and_the_default_job_the_whole_batch():
+    for path in sorted((ROOT / "experiments/configs").glob("imagenet_*.py")):
+        config = load_config(str(path), [])
+        assert config.bn_group_size == 32 and config.batch_size % 32 == 0, path
+    assert load_config(str(ROOT / "experiments/configs/fashion_mnist.py"), []).bn_group_size == 0
+
+
+def test_fashion_mnist_images_and_labels_that_disagree_in_count_name_both_files(tmp_path):
+    make_fashion_mnist(tmp_path, num_train=32, num_test=8)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(7))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz holds 8 images but "
+                                         r".*t10k-labels-idx1-ubyte.gz holds 7 labels"):
+        fashion_mnist.load("test", str(tmp_path))
