@@ -41,7 +41,7 @@ from lip_jax.train.loop import Trainer, latest_state, train_and_evaluate
 from lip_jax.train.steps import normalize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from show_importance import overlay  # noqa: E402  (a sibling script)
+from show_importance import FONT_SIZE, PAD, figure  # noqa: E402  (a sibling script)
 
 POOLS = ("strided", "lip", "avg", "max", "soft", "blur", "dpp")
 EPOCHS = {"fashion_mnist": 0.5, "small_objects": 1.0}  # the training budget per dataset
@@ -209,28 +209,23 @@ def bar_chart(rows, path: Path) -> None:
     image.save(path)
 
 
-def importance_figure(args, dataset, out: Path, num_images=6, scale=3) -> dict:
-    """Importance maps of the seed-0 LIP model over test images (boxes in green on
-    small_objects); returns, per LIP layer, the mean share of importance inside the
-    object's box and the box's mean share of the image area (small_objects only)."""
+def importance_figure(args, dataset, out: Path, num_images=6) -> dict:
+    """Draws the importance maps of the seed-0 LIP model over test images (objects boxed
+    in green on small_objects) with `show_importance.figure`; returns, per LIP layer, the
+    mean share of importance inside the object's box and the box's mean share of the image
+    area (small_objects only)."""
     config = make_config(args, dataset, "lip", "avg", args.seeds[0])
     trainer, state = latest_state(config, args.workdir / run_name(dataset, "lip", "avg",
                                                                    args.seeds[0]))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    measured, rows = {}, []
+    measured, shown = {}, None
     for n, batch in enumerate(trainer.input.eval_batches(500, 0, 1)):
         images = batch["image"]
         maps = jax.device_get(importance_maps(
             trainer.model, variables, normalize(images, trainer.info.mean, trainer.info.std)))
         maps = dict(sorted(maps.items(), key=lambda item: -item[1].shape[1]))  # input first
-        if n == 0:
-            gray = images.mean(-1) / 255.0
-            for i in range(num_images):
-                tiles = [np.kron(np.repeat(gray[i][..., None] * 255, 3, -1),
-                                 np.ones((scale, scale, 1))).astype(np.uint8)]
-                tiles += [overlay(gray[i], m[i] / m[i].max(), scale) for m in maps.values()]
-                rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)),
-                                                   constant_values=255) for t in tiles], 1))
+        if shown is None:
+            shown = images[:num_images], {k: m[:num_images] for k, m in maps.items()}
         if dataset == "small_objects":
             test = small_objects.load("test")  # eval batches run through it in order
             boxes = [test[min(n * 500 + i, len(test) - 1)]["box"] for i in range(len(images))]
@@ -244,35 +239,28 @@ def importance_figure(args, dataset, out: Path, num_images=6, scale=3) -> dict:
                 share = (mass * inside).sum((1, 2)) / mass.sum((1, 2))
                 measured.setdefault(layer, []).extend(share[mask])
             measured.setdefault("_area", []).extend(inside.mean((1, 2))[mask])
-    image = Image.fromarray(np.concatenate(rows, 0))
+    images, maps = shown
+    scale = max(2, 192 // images.shape[1])
+    image = figure(np.asarray(images, np.float64), maps, scale, "image")
     if dataset == "small_objects":
         _draw_boxes(image, small_objects.load("test")[:num_images], scale, 1 + len(maps))
-    _with_header(image, ["input", *(f"{k} ({m.shape[1]}x{m.shape[2]})"
-                                    for k, m in maps.items())]).save(out)
+    image.save(out)
     area = float(np.mean(measured.pop("_area"))) if measured else None
     return {"layers": list(maps), "box_area_share": area,
             "importance_in_box": {k: float(np.mean(v)) for k, v in measured.items()}}
 
 
 def _draw_boxes(image, examples, scale, columns):
-    """Outlines each example's object box in every tile of its row, in place."""
+    """Outlines each example's object box in every tile of its row of a
+    `show_importance.figure`, in place."""
     draw = ImageDraw.Draw(image)
-    tile = small_objects.IMAGE_SIZE * scale + 4
+    tile = small_objects.IMAGE_SIZE * scale + 2 * PAD
+    top = 2 * FONT_SIZE + 3 * PAD  # the figure's title strip
     for i, e in enumerate(examples):
         y0, x0, y1, x1 = (int(v) * scale for v in e["box"])
         for j in range(columns):
-            ox, oy = j * tile + 2, i * tile + 2
+            ox, oy = j * tile + PAD, top + i * tile + PAD
             draw.rectangle((ox + x0 - 1, oy + y0 - 1, ox + x1, oy + y1), outline="#00ff00")
-
-
-def _with_header(image, titles):
-    """`image` below a white strip with one title per column of tiles."""
-    out = Image.new("RGB", (image.width, image.height + 16), "white")
-    out.paste(image, (0, 16))
-    draw = ImageDraw.Draw(out)
-    for j, title in enumerate(titles):
-        draw.text((j * image.width // len(titles) + 4, 2), title, fill="black")
-    return out
 
 
 def machine() -> str:
