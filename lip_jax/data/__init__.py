@@ -10,10 +10,11 @@ the host-to-device copy of the next batch with the current step.
 from collections.abc import Iterator
 from typing import Protocol
 
-from lip_jax.data import fashion_mnist, imagenet, pipeline
+from lip_jax.data import fashion_mnist, imagenet, pipeline, small_objects
 from lip_jax.data.pipeline import DatasetInfo, GrainInput, prefetch_to_device
 
-DATASETS = {"fashion_mnist": fashion_mnist.INFO, "imagenet2012": imagenet.INFO}
+DATASETS = {"fashion_mnist": fashion_mnist.INFO, "imagenet2012": imagenet.INFO,
+            "small_objects": small_objects.INFO}
 
 
 class InputPipeline(Protocol):
@@ -39,6 +40,8 @@ def info(dataset: str) -> DatasetInfo:
 def image_shape(config) -> tuple[int, int, int]:
     if config.dataset == "fashion_mnist":
         return (28, 28, 1)
+    if config.dataset == "small_objects":
+        return (small_objects.IMAGE_SIZE, small_objects.IMAGE_SIZE, 1)
     return (config.image_size, config.image_size, 3)
 
 
@@ -49,6 +52,11 @@ def input_pipeline(config) -> InputPipeline:
                           fashion_mnist.train_transform,
                           fashion_mnist.load("test", config.data_dir),
                           fashion_mnist.eval_transform,
+                          batch_size=config.batch_size, seed=config.seed,
+                          num_threads=config.num_threads, num_workers=config.num_workers)
+    if config.dataset == "small_objects":
+        return GrainInput(small_objects.load("train"), small_objects.train_transform,
+                          small_objects.load("test"), small_objects.eval_transform,
                           batch_size=config.batch_size, seed=config.seed,
                           num_threads=config.num_threads, num_workers=config.num_workers)
     return imagenet.input_pipeline(config)
