@@ -136,6 +136,10 @@ def densenet_table(model: DenseNet) -> list[Entry]:
 
 def key_table(model) -> list[Entry]:
     """The key table of a model built by `lip_jax.models.create_model`."""
+    pool = getattr(model, "pool", None)
+    if pool is not None and pool.name != "lip":
+        raise CheckpointError(f"no PyTorch layout for pool={pool.name!r}: the official "
+                              "release has pool='lip' and its baselines ('strided') only")
     if isinstance(model, ResNet):
         return resnet_table(model)
     if isinstance(model, DenseNet):

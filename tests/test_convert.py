@@ -242,3 +242,10 @@ def test_wrong_model_name(tiny_lip_resnet_sd):
         convert.from_torch_state_dict("resnet50", tiny_lip_resnet_sd, **TINY_KW["resnet50"])
     with pytest.raises(convert.CheckpointError, match="no official PyTorch release"):
         convert.from_torch_state_dict("lip_resnet18", tiny_lip_resnet_sd)
+
+
+@pytest.mark.parametrize("name", ["densenet121", "resnet50"])
+def test_pools_without_an_official_layout_are_refused_by_name(name):
+    """DenseNet with pool="avg" has the baseline's variables: it must not take them."""
+    with pytest.raises(convert.CheckpointError, match="no PyTorch layout for pool='avg'"):
+        convert.key_table(create_model(name, pool="avg"))
