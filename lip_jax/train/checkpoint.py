@@ -9,6 +9,7 @@ import logging
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
@@ -72,7 +73,7 @@ class Checkpoints:
         `<step>.corrupt-<n>` (never deleted) so that training saves those steps again. If
         every one fails (a corrupt directory or another model), raises RuntimeError."""
         target = flax.serialization.to_state_dict(abstract_state)
-        failed = []
+        failed, restored_step, state = [], None, None
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
@@ -81,13 +82,29 @@ class Checkpoints:
                             step, error)
                 failed.append((step, error))
                 continue
+            restored_step = step
+            state = flax.serialization.from_state_dict(abstract_state, restored)
+            break
+        self._agree(restored_step)  # before any step that waits for the other processes
+        if restored_step is not None:
             if failed and self.writable:
                 self._set_aside([s for s, _ in failed])
-            return flax.serialization.from_state_dict(abstract_state, restored)
+            return state
         if failed:
             raise RuntimeError(f"no checkpoint in {self.manager.directory} restores:\n  "
                                + "\n  ".join(f"step {s}: {e}" for s, e in failed))
         return None
+
+    def _agree(self, step: int | None) -> None:
+        """Raises RuntimeError unless every process restored the same step (a directory
+        that reads differently on different hosts must not split the run or hang it)."""
+        if jax.process_count() == 1:
+            return
+        steps = multihost_utils.process_allgather(np.int64(-1 if step is None else step))
+        if len(set(steps.tolist())) > 1:
+            raise RuntimeError(f"the processes restored different checkpoints from "
+                               f"{self.manager.directory} (steps {steps.tolist()}, -1: none): "
+                               "their views of the directory differ")
 
     def _set_aside(self, steps) -> None:
         directory = epath.Path(self.manager.directory)
