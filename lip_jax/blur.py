@@ -10,7 +10,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from lip_jax.ops import Padding
+from lip_jax.windows import Padding
 from lip_jax.patches import patch_mean, window_patches
 
 

@@ -17,7 +17,7 @@ weights (weight 0).
 
 import jax.numpy as jnp
 
-from lip_jax.ops import Padding
+from lip_jax.windows import Padding
 from lip_jax.patches import patch_mean, window_patches
 
 DPP_EPS = 1e-3

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lip_jax.ops import Padding, pool_window
+from lip_jax.windows import Padding, pool_window
 
 
 def window_patches(inputs, window_shape, strides=None, padding: Padding = "VALID"):

@@ -1,0 +1,129 @@
+"""Window geometry of pooling and the window sums every pooling here is made of.
+
+`pool_window` validates a pooling's window, strides and padding against an input shape
+and returns them over all dims (`Window`); `window_sum` and its transpose are the
+`lax.reduce_window` sums; sums accumulate in `compute_dtype`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import operator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Padding = str | Sequence[tuple[int, int]]
+
+
+class Window(NamedTuple):
+    """Full-rank window geometry (batch and feature dims have window 1, stride 1)."""
+
+    dims: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[tuple[int, int], ...]
+
+
+def _int_tuple(name: str, value, n: int) -> tuple[int, ...]:
+    """Ints (Python or NumPy); floats and strings are refused, never truncated."""
+    try:
+        out = tuple(operator.index(v) for v in value)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}") from None
+    if len(out) != n or any(v < 1 for v in out):
+        raise ValueError(f"{name} must be {n} positive ints, got {value!r}")
+    return out
+
+
+def _spatial_pads(spatial_shape, window_shape, strides, padding) -> tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        if padding not in ("VALID", "SAME"):
+            raise ValueError(
+                f'padding must be "VALID", "SAME" or (low, high) pairs, got {padding!r}')
+        return tuple(lax.padtype_to_pads(spatial_shape, window_shape, strides, padding))
+    try:
+        pads = tuple((operator.index(lo), operator.index(hi)) for lo, hi in padding)
+    except (TypeError, ValueError):
+        raise ValueError(f"padding must be (low, high) int pairs, got {padding!r}") from None
+    if len(pads) != len(window_shape) or any(lo < 0 or hi < 0 for lo, hi in pads):
+        raise ValueError(
+            f"padding needs {len(window_shape)} non-negative (low, high) pairs, got {padding!r}")
+    return pads
+
+
+def pool_window(input_shape, window_shape, strides=None, padding: Padding = "VALID",
+                feature_ndim: int = 1) -> Window:
+    """Validates a pooling geometry and returns it over all `len(input_shape)` dims.
+
+    The spatial dims are the `len(window_shape)` dims before the last `feature_ndim`.
+    Raises ValueError for a window larger than the padded input, or padding so wide that
+    a window would hold padding only (its weights would sum to zero).
+    """
+    if not isinstance(window_shape, Sequence):
+        raise TypeError(f"window_shape must be a sequence of ints, got {window_shape!r}")
+    n = len(window_shape)
+    if len(input_shape) < n + feature_ndim:
+        raise ValueError(
+            f"inputs of shape {tuple(input_shape)} have rank {len(input_shape)}; a {n}-D window "
+            f"needs rank >= {n + 1}: (*batch, {n} spatial dims, features)")
+    window_shape = _int_tuple("window_shape", window_shape, n)
+    strides = (1,) * n if strides is None else _int_tuple("strides", strides, n)
+    lead = len(input_shape) - n - feature_ndim
+    spatial = tuple(input_shape[lead:lead + n])
+    pads = _spatial_pads(spatial, window_shape, strides, padding)
+    for axis, (size, k, s, (lo, hi)) in enumerate(zip(spatial, window_shape, strides, pads)):
+        if size + lo + hi < k:
+            raise ValueError(
+                f"window {k} is larger than spatial dim {axis} of size {size} padded by "
+                f"({lo}, {hi}); input shape {tuple(input_shape)}")
+        last_start = (size + lo + hi - k) // s * s - lo
+        if lo >= k or last_start >= size:
+            raise ValueError(
+                f"padding ({lo}, {hi}) on spatial dim {axis} (size {size}, window {k}, "
+                f"stride {s}) leaves windows that hold padding only")
+    one = (1,) * lead, (1,) * feature_ndim
+    return Window(
+        dims=one[0] + window_shape + one[1],
+        strides=one[0] + strides + one[1],
+        pads=((0, 0),) * lead + pads + ((0, 0),) * feature_ndim,
+    )
+
+
+def pooled_axes(window: Window):
+    """(axis, window, stride, (low, high)) of each dim that is pooled."""
+    return [(axis, k, s, p) for axis, (k, s, p) in
+            enumerate(zip(window.dims, window.strides, window.pads)) if (k, s, p) != (1, 1, (0, 0))]
+
+
+def window_sum(x: jax.Array, window: Window) -> jax.Array:
+    """Sum of `x` over each window: zero padding, reducer `lax.add`, concrete 0 init.
+
+    Computed one axis at a time (a k1 x k2 window costs k1 + k2 adds, not k1 * k2).
+    """
+    zero = np.zeros((), x.dtype)
+    for axis, k, s, pads in pooled_axes(window):
+        dims, strides, padding = [1] * x.ndim, [1] * x.ndim, [(0, 0)] * x.ndim
+        dims[axis], strides[axis], padding[axis] = k, s, pads
+        x = lax.reduce_window(x, zero, lax.add, dims, strides, padding)
+    return x
+
+
+def window_sum_transpose(u: jax.Array, window: Window, input_shape) -> jax.Array:
+    """The transpose of `window_sum`: `t[q]` = sum of `u[p]` over the windows `p` holding
+    `q`, an `input_shape` array (autodiff's transpose of the per-axis sums)."""
+    transpose = jax.linear_transpose(lambda t: window_sum(t, window),
+                                     jax.ShapeDtypeStruct(tuple(input_shape), u.dtype))
+    return transpose(u)[0]
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """float64 stays float64; every narrower float accumulates in float32."""
+    return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
+
+
+def spatial_axes(window: Window) -> tuple[int, ...]:
+    """The dims that are pooled."""
+    return tuple(a[0] for a in pooled_axes(window))
