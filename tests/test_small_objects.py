@@ -73,3 +73,18 @@ def test_lip_jax_trains_and_evaluates_on_small_objects(monkeypatch, tmp_path):
         small_objects.load.cache_clear()
     assert result["step"] == 2 and result["eval_count"] == 24
     assert 0 <= result["eval_top1"] <= 1 and np.isfinite(result["eval_loss"])
+
+
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "small_objects"])
+def test_a_dataset_module_feeds_batches_of_its_stated_shape_and_classes(dataset, monkeypatch):
+    monkeypatch.setitem(small_objects.SPLITS, "train", (0, 16))
+    small_objects.load.cache_clear()
+    try:
+        config = load_config(None, [f"--config.dataset={dataset}", "--config.batch_size=8",
+                                    "--config.num_threads=1"])
+        batch = next(data.input_pipeline(config).train_batches(0, 0, 1))
+    finally:
+        small_objects.load.cache_clear()
+    assert batch["image"].shape == (8, *data.image_shape(config))
+    assert batch["image"].dtype == np.uint8
+    assert ((0 <= batch["label"]) & (batch["label"] < data.info(dataset).num_classes)).all()

@@ -1,6 +1,8 @@
 """Datasets by name: what the training loop reads.
 
-`DATASETS` holds each dataset's facts; `input_pipeline(config)` returns the object the loop
+`DATASETS` maps each name to its module, which holds every fact of that dataset: `INFO`
+(a `DatasetInfo`), `image_shape(config)` and `input_pipeline(config)`. Adding a dataset is
+one module and one entry here. `input_pipeline(config)` returns the object the loop
 iterates (`InputPipeline`): any format, one interface, implemented by `GrainInput` over
 random-access sources (in-memory arrays, TFDS array_record) and by
 `imagenet_tf.TfRecordInput` over TFDS tfrecord (tf.data). `prefetch_to_device` overlaps
@@ -13,8 +15,8 @@ from typing import Protocol
 from lip_jax.data import fashion_mnist, imagenet, pipeline, small_objects
 from lip_jax.data.pipeline import DatasetInfo, GrainInput, prefetch_to_device
 
-DATASETS = {"fashion_mnist": fashion_mnist.INFO, "imagenet2012": imagenet.INFO,
-            "small_objects": small_objects.INFO}
+DATASETS = {"fashion_mnist": fashion_mnist, "imagenet2012": imagenet,
+            "small_objects": small_objects}
 
 
 class InputPipeline(Protocol):
@@ -34,33 +36,18 @@ class InputPipeline(Protocol):
 
 
 def info(dataset: str) -> DatasetInfo:
-    return DATASETS[dataset]
+    return DATASETS[dataset].INFO
 
 
 def image_shape(config) -> tuple[int, int, int]:
-    if config.dataset == "fashion_mnist":
-        return (28, 28, 1)
-    if config.dataset == "small_objects":
-        return (small_objects.IMAGE_SIZE, small_objects.IMAGE_SIZE, 1)
-    return (config.image_size, config.image_size, 3)
+    """`(H, W, C)` of the images `config.dataset` feeds the model."""
+    return DATASETS[config.dataset].image_shape(config)
 
 
 def input_pipeline(config) -> InputPipeline:
     """The input of `config.dataset` (read from `config.data_dir`, nothing downloaded)."""
-    if config.dataset == "fashion_mnist":
-        return GrainInput(fashion_mnist.load("train", config.data_dir),
-                          fashion_mnist.train_transform,
-                          fashion_mnist.load("test", config.data_dir),
-                          fashion_mnist.eval_transform,
-                          batch_size=config.batch_size, seed=config.seed,
-                          num_threads=config.num_threads, num_workers=config.num_workers)
-    if config.dataset == "small_objects":
-        return GrainInput(small_objects.load("train"), small_objects.train_transform,
-                          small_objects.load("test"), small_objects.eval_transform,
-                          batch_size=config.batch_size, seed=config.seed,
-                          num_threads=config.num_threads, num_workers=config.num_workers)
-    return imagenet.input_pipeline(config)
+    return DATASETS[config.dataset].input_pipeline(config)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "InputPipeline", "image_shape", "info", "input_pipeline",
-           "pipeline", "prefetch_to_device"]
+__all__ = ["DATASETS", "DatasetInfo", "GrainInput", "InputPipeline", "image_shape", "info",
+           "input_pipeline", "pipeline", "prefetch_to_device"]

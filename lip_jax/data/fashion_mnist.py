@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lip_jax.data.pipeline import DatasetInfo
+from lip_jax.data.pipeline import DatasetInfo, GrainInput
 
 DEBIAN_PATH = Path("/usr/share/datasets/fashion-mnist")
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -52,6 +52,16 @@ def load(split: str, data_dir: str = "") -> list[dict]:
         + ". Install it with `apt-get install dataset-fashion-mnist`, or set "
         "--config.data_dir to a folder with the IDX files or to a TFDS data_dir where "
         "fashion_mnist is prepared. Nothing is downloaded.")
+
+
+def image_shape(config) -> tuple[int, int, int]:
+    return (28, 28, 1)
+
+
+def input_pipeline(config) -> GrainInput:
+    """The splits of `config.data_dir` (default: Debian's copy), in memory."""
+    return GrainInput.from_config(config, load("train", config.data_dir), train_transform,
+                                  load("test", config.data_dir), eval_transform)
 
 
 def train_transform(example: dict, rng: np.random.Generator) -> dict:

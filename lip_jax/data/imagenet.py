@@ -54,6 +54,10 @@ def prepared_dir(data_dir: str, data_format: str) -> epath.Path:
     return version
 
 
+def image_shape(config) -> tuple[int, int, int]:
+    return (config.image_size, config.image_size, 3)
+
+
 def input_pipeline(config):
     """The `InputPipeline` of imagenet2012 in `config.data_dir`, `config.data_format`."""
     version = prepared_dir(config.data_dir, config.data_format)
@@ -66,10 +70,8 @@ def input_pipeline(config):
     sources = [builder.as_data_source(SPLITS[split],
                                       decoders={"image": tfds.decode.SkipDecoding()})
                for split in ("train", "eval")]
-    return GrainInput(sources[0], train_transform(config.image_size), sources[1],
-                      eval_transform(config.image_size), batch_size=config.batch_size,
-                      seed=config.seed, num_threads=config.num_threads,
-                      num_workers=config.num_workers)
+    return GrainInput.from_config(config, sources[0], train_transform(config.image_size),
+                                  sources[1], eval_transform(config.image_size))
 
 
 def inception_crop(width: int, height: int, rng: np.random.Generator,

@@ -93,6 +93,14 @@ class GrainInput:
     num_threads: int = 8
     num_workers: int = 0
 
+    @classmethod
+    def from_config(cls, config, train_source, train_transform, eval_source,
+                    eval_transform) -> "GrainInput":
+        """With `config`'s batch_size, seed, num_threads and num_workers."""
+        return cls(train_source, train_transform, eval_source, eval_transform,
+                   batch_size=config.batch_size, seed=config.seed,
+                   num_threads=config.num_threads, num_workers=config.num_workers)
+
     @property
     def num_train(self) -> int:
         return len(self.train_source)

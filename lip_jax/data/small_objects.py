@@ -18,7 +18,7 @@ import functools
 import numpy as np
 
 from lip_jax.data.fashion_mnist import eval_transform, train_transform
-from lip_jax.data.pipeline import DatasetInfo
+from lip_jax.data.pipeline import DatasetInfo, GrainInput
 
 IMAGE_SIZE = 64
 CLASSES = ("disk", "square", "triangle", "plus", "ring", "bars")
@@ -31,7 +31,8 @@ SUPERSAMPLE = 4  # sub-pixels per pixel side when drawing (anti-aliasing)
 INFO = DatasetInfo(num_classes=len(CLASSES), num_train=SPLITS["train"][1],
                    num_eval=SPLITS["test"][1], mean=(127.4,), std=(28.8,))
 
-__all__ = ["CLASSES", "INFO", "eval_transform", "example", "load", "train_transform"]
+__all__ = ["CLASSES", "INFO", "eval_transform", "example", "image_shape", "input_pipeline",
+           "load", "train_transform"]
 
 
 def _inside(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -124,3 +125,13 @@ def load(split: str, seed: int = 0) -> tuple[dict, ...]:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     return tuple(example(i, split, seed) for i in range(SPLITS[split][1]))
+
+
+def image_shape(config) -> tuple[int, int, int]:
+    return (IMAGE_SIZE, IMAGE_SIZE, 1)
+
+
+def input_pipeline(config) -> GrainInput:
+    """Both splits, generated in memory (seed 0: the same images for any training seed)."""
+    return GrainInput.from_config(config, load("train"), train_transform, load("test"),
+                                  eval_transform)
