@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from train_helpers import (checkpoint_steps, final_params, finish, make_fashion_mnist,
-                           train_processes, wait_for)
+from train_helpers import (checkpoint_steps, final_params, finish, free_port,
+                           make_fashion_mnist, train_process, train_processes, wait_for)
 
 # Saves due more often than steps take, evaluation only at the end: the run is long enough
 # for a signal to arrive mid-run, short enough for CI.
@@ -60,3 +60,20 @@ def test_a_signal_to_some_processes_stops_all_at_one_step_and_resumes_exactly(
     a, b = final_params(tmp_path / "straight", data_dir), final_params(workdir, data_dir)
     assert int(a.step) == int(b.step) == FIELDS["max_steps"]
     jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_eval_on_hosts_that_see_different_work_directories_fails_on_all_naming_it(
+        data_dir, cache, tmp_path):
+    trained = tmp_path / "trained"
+    trainer = train_process(trained, data_dir, devices=1, cache=cache, max_steps=2)
+    output = finish([trainer])[0]
+    assert trainer.returncode == 0, output
+    address = f"localhost:{free_port()}"
+    evaluators = [train_process(workdir, data_dir, devices=1, cache=cache, command="eval",
+                                distributed=True, coordinator_address=address,
+                                num_processes=2, process_id=i)
+                  for i, workdir in enumerate([trained, tmp_path / "elsewhere"])]
+    outputs = finish(evaluators, timeout=120)  # a process left waiting would time out
+    assert all(p.returncode not in (0, None) for p in evaluators), outputs
+    for text in outputs:
+        assert "the processes disagree on whether" in text and "[1, 0]" in text, text

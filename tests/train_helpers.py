@@ -52,9 +52,10 @@ def tiny_config(data_dir, **fields):
     return load_config(None, tiny_overrides(data_dir, **fields))
 
 
-def train_process(workdir, data_dir, *extra, devices=2, cache=None,
+def train_process(workdir, data_dir, *extra, devices=2, cache=None, command="train",
                   **fields) -> subprocess.Popen:
-    """`lip-jax train` of the tiny config in a subprocess on `devices` CPU devices; its
+    """`lip-jax train` (or `command`) of the tiny config in a subprocess on `devices` CPU
+    devices; its
     output (stdout and stderr) goes to a file that `output(process)` reads. `cache`: a
     directory where runs of the same program share compiled steps (JAX's cache)."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
@@ -65,7 +66,7 @@ def train_process(workdir, data_dir, *extra, devices=2, cache=None,
                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     log = tempfile.TemporaryFile("w+")  # a pipe could fill up and block the trainer
     process = subprocess.Popen(
-        [sys.executable, "-m", "lip_jax", "train", "--workdir", str(workdir), *extra,
+        [sys.executable, "-m", "lip_jax", command, "--workdir", str(workdir), *extra,
          *tiny_overrides(data_dir, **fields)],
         env=env, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     process.log = log

@@ -22,6 +22,24 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def same_on_every_process(value: int, what: str) -> int:
+    """`value`, after checking that every process holds the same; else RuntimeError on all
+    of them (a directory that reads differently on different hosts, e.g. a local path on
+    hosts that do not share it, must not split the run or hang it in a collective)."""
+    if jax.process_count() > 1:
+        values = multihost_utils.process_allgather(np.int64(value)).tolist()
+        if len(set(values)) > 1:
+            raise RuntimeError(f"the processes disagree on {what}: {values} by process; "
+                               "their views of the work directory differ")
+    return value
+
+
+def exists_on_every_process(directory) -> bool:
+    """Whether `directory` exists, checked to read the same on every process."""
+    return bool(same_on_every_process(int(epath.Path(directory).exists()),
+                                      f"whether {directory} exists (1: yes)"))
+
+
 class Checkpoints:
     """Checkpoints under `directory`, one per saved step (the data position is the step)."""
 
@@ -85,7 +103,8 @@ class Checkpoints:
             restored_step = step
             state = flax.serialization.from_state_dict(abstract_state, restored)
             break
-        self._agree(restored_step)  # before any step that waits for the other processes
+        same_on_every_process(-1 if restored_step is None else restored_step,
+                              f"the step restored from {self.manager.directory} (-1: none)")
         if restored_step is not None:
             if failed and self.writable:
                 self._set_aside([s for s, _ in failed])
@@ -94,17 +113,6 @@ class Checkpoints:
             raise RuntimeError(f"no checkpoint in {self.manager.directory} restores:\n  "
                                + "\n  ".join(f"step {s}: {e}" for s, e in failed))
         return None
-
-    def _agree(self, step: int | None) -> None:
-        """Raises RuntimeError unless every process restored the same step (a directory
-        that reads differently on different hosts must not split the run or hang it)."""
-        if jax.process_count() == 1:
-            return
-        steps = multihost_utils.process_allgather(np.int64(-1 if step is None else step))
-        if len(set(steps.tolist())) > 1:
-            raise RuntimeError(f"the processes restored different checkpoints from "
-                               f"{self.manager.directory} (steps {steps.tolist()}, -1: none): "
-                               "their views of the directory differ")
 
     def _set_aside(self, steps) -> None:
         directory = epath.Path(self.manager.directory)

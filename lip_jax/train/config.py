@@ -6,9 +6,9 @@ import ast
 import difflib
 import importlib.util
 import json
-from pathlib import Path
 
 import ml_collections
+from etils import epath
 
 from lip_jax.data import DATASETS
 from lip_jax.models import list_models
@@ -97,15 +97,16 @@ def read_config(path) -> ml_collections.ConfigDict:
     return load_config(None, [], base=str(path))
 
 
-def _existing(path, what: str) -> Path:
-    if not Path(path).is_file():
+def _existing(path, what: str) -> epath.Path:
+    """`path` (local, or a cloud URL such as a gs:// run's config.json) if it is a file."""
+    if not epath.Path(path).is_file():
         raise FileNotFoundError(f"{what} {path} not found")
-    return Path(path)
+    return epath.Path(path)
 
 
 def _get_config(path: str) -> dict:
-    spec = importlib.util.spec_from_file_location("lip_jax_user_config", _existing(path,
-                                                                                   "config file"))
+    spec = importlib.util.spec_from_file_location("lip_jax_user_config",
+                                                  str(_existing(path, "config file")))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):

@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lip_jax import data, pretrained
 from lip_jax.models import create_model
 from lip_jax.train import steps
-from lip_jax.train.checkpoint import Checkpoints
+from lip_jax.train.checkpoint import Checkpoints, exists_on_every_process
 from lip_jax.train.metrics import MetricsWriter, Progress, last_evaluation
 from lip_jax.train.preemption import Preempted, StopSignals
 from lip_jax.train.workdir import check_matches, exclusive
@@ -257,7 +257,7 @@ def latest_state(config, workdir):
     check_matches(config, workdir)
     directory = epath.Path(workdir) / "checkpoints"
     state = None
-    if directory.exists():
+    if exists_on_every_process(directory):
         checkpoints = Checkpoints(directory)
         state = checkpoints.restore_latest(trainer.abstract_state())
         checkpoints.close()
