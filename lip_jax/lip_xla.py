@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lip_jax.windows import Window, compute_dtype, spatial_axes, window_sum
+from lip_jax.windows import (Window, compute_dtype, spatial_axes, window_sum,
+                             window_sum_transpose)
 
 # Logit ranges (max - min over the whole batch) below this take the fast image-wide
 # shift: every weight exp(l - max) >= e^-60 stays a normal float32, and so does the
@@ -56,12 +57,21 @@ def _image_shift(x, l, window: Window):
     return window_sum(w * x.astype(w.dtype), window) / total, shift + jnp.log(total)
 
 
-def _window_shift(x, l, window: Window):
-    """Per-window-stable form over the window taps. Returns (y, lse)."""
-    out_shape = jax.eval_shape(lambda a: window_sum(a, window), l).shape
+def _out_shape(a, window: Window) -> tuple[int, ...]:
+    return jax.eval_shape(lambda a: window_sum(a, window), a).shape
+
+
+def _window_weights(l, window: Window, out_shape):
+    """exp(logit - the window's max logit) at each window offset, and that max."""
     l_taps = _taps(l, window, -np.inf, out_shape)
     top = functools.reduce(jnp.maximum, l_taps)
-    e = [jnp.exp(t - top) for t in l_taps]
+    return [jnp.exp(t - top) for t in l_taps], top
+
+
+def _window_shift(x, l, window: Window):
+    """Per-window-stable form over the window taps. Returns (y, lse)."""
+    out_shape = _out_shape(l, window)
+    e, top = _window_weights(l, window, out_shape)
     total = sum(e)
     xs = _taps(x.astype(l.dtype), window, 0, out_shape)
     acc = sum(jnp.where(ei > 0, ei * xi, 0) for ei, xi in zip(e, xs))
@@ -146,3 +156,16 @@ def _window_shift_tangent(window: Window, x, l, y, lse, dx, dl):
     return lax.fori_loop(0, math.prod(window.dims),
                          lambda t, acc: tap(jnp.unravel_index(t, window.dims), acc),
                          jnp.zeros_like(y))
+
+
+def window_share(l, window: Window):
+    """Each pixel q's mean over the windows p that hold it of `exp(l[q]) / sum_{q' in p}
+    exp(l[q'])`; 0 where no window holds q. Per-window stable: every term is in [0, 1]."""
+    out_shape = _out_shape(l, window)
+    e, _ = _window_weights(l, window, out_shape)
+    total = sum(e)
+    scatter = jax.linear_transpose(lambda a: _taps(a, window, 0, out_shape),
+                                   jax.ShapeDtypeStruct(l.shape, l.dtype))
+    shares = scatter([ei / total for ei in e])[0]
+    count = window_sum_transpose(jnp.ones(out_shape, l.dtype), window, l.shape)
+    return jnp.where(count > 0, shares / jnp.maximum(count, 1), 0)

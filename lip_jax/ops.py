@@ -168,17 +168,13 @@ def window_share(logits, window_shape, strides=None, padding: Padding = "VALID")
     """Each pixel's share of the windows that cover it: mean over those windows p of
     `w[q] / sum_{q' in p} w[q']`, with `w = exp(logits)`.
 
-    `logits` `(*batch, *spatial, C)` -> shares of the same shape in [0, 1]; pixels that no
-    window covers (e.g. the last row of an odd input under k2/s2/p0) get 0.
+    `logits` `(*batch, *spatial, C)` -> shares of the same shape in [0, 1], in float32
+    (float64 for float64 logits), exact for any finite logits; pixels that no window
+    covers (e.g. the last row of an odd input under k2/s2/p0) get 0.
     """
     logits = _check_float("logits", logits)
     window = pool_window(logits.shape, window_shape, strides, padding)
-    lp = pixel_shape_logits(logits, logits)
-    w = jnp.exp(lp - jnp.max(lp, spatial_axes(window), keepdims=True))
-    total = window_sum(w, window)
-    share = window_sum_transpose(1 / total, window, w.shape)
-    count = window_sum_transpose(jnp.ones_like(total), window, w.shape)
-    return jnp.where(count > 0, w * share / jnp.maximum(count, 1), 0)
+    return lip_xla.window_share(pixel_shape_logits(logits, logits), window)
 
 
 def soft_gate(z, coeff: float = 12.0):

@@ -8,7 +8,7 @@ import pytest
 from jax import lax
 
 from lip_jax import ops
-from reference import lip_reference
+from reference import lip_reference, share_reference
 
 P1 = ((1, 1), (1, 1))
 
@@ -284,3 +284,17 @@ def test_batch_sharded_gradients_in_both_forms(axis_type):
             sharded = [jax.device_put(a, NamedSharding(mesh, PartitionSpec("data")))
                        for a in (x, logits)]
             chex.assert_trees_all_close(grad(*sharded), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, window, strides, padding, scale", [
+    ((2, 7, 8, 3), (3, 3), (2, 2), P1, 3.0),              # official k3/s2/p1, odd size
+    ((2, 7, 7, 2), (2, 2), (2, 2), "VALID", 3.0),         # last row and column uncovered
+    ((1, 9, 2), (3,), (1,), "SAME", 3.0),                 # 1-D, overlapping
+    ((2, 6, 5, 2), (3, 3), (2, 2), "SAME", 200.0),        # range far beyond exp's
+])
+def test_window_share_matches_numpy_reference(shape, window, strides, padding, scale):
+    logits = scale * _randn(0, shape)
+    share = ops.window_share(logits, window, strides, padding)
+    assert share.shape == shape and bool(jnp.all(jnp.isfinite(share)))
+    np.testing.assert_allclose(share, share_reference(logits, window, strides, padding),
+                               rtol=1e-5, atol=1e-6)
