@@ -5,7 +5,8 @@ Sums run in float32 (float64 for float64 inputs). When the batch's logit range i
 `FAST_LOGIT_RANGE` the logits are shifted by their maximum over each image's feature map
 (two window sums); otherwise (a `lax.cond`) by each window's own maximum, as the kernels
 of `pallas_lip` always do: the result is the exact weighted mean for any finite logits,
-and a NaN or inf poisons only the windows that hold it.
+and a NaN or inf poisons only the windows that hold it. `window_share` spreads each
+window's normalised weights back to its pixels with the same per-window shift.
 """
 
 from __future__ import annotations
