@@ -271,7 +271,9 @@ def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores, {jax.devices()[0].platform}"
+    flags = f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else ""
+    return (f"{cpu}, {os.cpu_count()} cores, {jax.device_count()} "
+            f"{jax.devices()[0].platform} device(s){flags}")
 
 
 def versions() -> dict:
