@@ -15,7 +15,7 @@ from lip_jax.train import loop, workdir
 from lip_jax.train.config import load_config
 from lip_jax.train.metrics import Progress
 from lip_jax.train.preemption import Preempted
-from train_helpers import (ROOT, checkpoint_steps, final_params, finish, make_fashion_mnist,
+from train_helpers import (checkpoint_steps, final_params, finish, make_fashion_mnist,
                            output, tiny_config, train_process, train_processes, wait_for)
 
 
