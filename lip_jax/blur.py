@@ -23,12 +23,18 @@ def binomial_filter(window_shape) -> np.ndarray:
     return out.reshape(-1, 1)
 
 
-def blur_pool(inputs, window_shape, strides=None, padding: Padding = "VALID"):
+def blur_pool(inputs, window_shape, strides=None, padding: Padding = "VALID", *,
+              padding_mode: str = "exclude", ceil_mode: bool = False):
     """Binomial-weighted mean of each window, `(*batch, *spatial, C)` -> pooled, same dtype.
 
-    Padded pixels have weight 0 (the window's in-image weights are renormalised).
-    Differentiated by autodiff (exact).
+    `padding_mode`: "exclude" (the default, LAN's rule as in every pooling here: padded
+    pixels weigh 0 and each window's in-image weights are renormalised), or "zeros",
+    "reflect", "replicate": the padding is filled as PyTorch's padding modes do and
+    weighted like any pixel, as antialiased-cnns' BlurPool does (its default is
+    "reflect", with padding `((k - 1) // 2, k // 2)` per dim). Interiors agree in every
+    mode. `ceil_mode` as in `lip_jax.lan_pool`. Differentiated by autodiff (exact).
     """
-    patches, mask = window_patches(inputs, window_shape, strides, padding)
+    patches, mask = window_patches(inputs, window_shape, strides, padding, ceil_mode,
+                                   padding_mode)
     weights = mask * jnp.asarray(binomial_filter(window_shape), patches.dtype)
     return patch_mean(patches, weights).astype(jnp.asarray(inputs).dtype)

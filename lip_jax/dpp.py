@@ -31,7 +31,7 @@ def dpp_weights(deviation, alpha, lam, asymmetric: bool = False, eps: float = DP
 
 
 def dpp_pool(inputs, alpha, lam, window_shape, strides=None, padding: Padding = "VALID",
-             asymmetric: bool = False, eps: float = DPP_EPS):
+             asymmetric: bool = False, eps: float = DPP_EPS, *, ceil_mode: bool = False):
     """Detail-preserving pooling (Lite-DPP), `(*batch, *spatial, C)` -> pooled, same dtype.
 
     Args:
@@ -40,10 +40,11 @@ def dpp_pool(inputs, alpha, lam, window_shape, strides=None, padding: Padding = 
       window_shape, strides, padding: as in `lip_jax.lan_pool`.
       asymmetric: rho_asym (only pixels above their window mean gain weight) instead of
         rho_sym.
+      ceil_mode: as in `lip_jax.lan_pool`.
     Sums run in float32 (float64 for float64 inputs); autodiff gives exact gradients for
     inputs, alpha and lambda.
     """
-    patches, mask = window_patches(inputs, window_shape, strides, padding)
+    patches, mask = window_patches(inputs, window_shape, strides, padding, ceil_mode)
     smooth = patch_mean(patches, mask)[..., None, :]
     ct = patches.dtype
     w = mask * dpp_weights(patches - smooth, jnp.asarray(alpha, ct), jnp.asarray(lam, ct),

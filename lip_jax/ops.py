@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from lip_jax import lip_xla
-from lip_jax.lip_xla import FAST_LOGIT_RANGE, pixel_shape_logits
+from lip_jax.lip_xla import FAST_LOGIT_RANGE
+from lip_jax.sharded import per_shard
 from lip_jax.windows import (Padding, Window, compute_dtype, pool_window, spatial_axes,
                              window_sum, window_sum_transpose)
 
@@ -34,6 +35,14 @@ def _check_float(name: str, x) -> jax.Array:
     return x
 
 
+def _as_float(name: str, x, dtype) -> jax.Array:
+    """Float weights or logits as they are; integers and bools as `dtype`."""
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
+        return x.astype(dtype)
+    return _check_float(name, x)
+
+
 def _align(inputs, weights, name: str) -> tuple[jax.Array, jax.Array, int]:
     """Checks dtypes and broadcasting; splits features into groups for grouped weights.
 
@@ -42,7 +51,7 @@ def _align(inputs, weights, name: str) -> tuple[jax.Array, jax.Array, int]:
     features shares one weight; inputs become (..., G, C // G) and weights (..., G, 1).
     """
     inputs = _check_float("inputs", inputs)
-    weights = _check_float(name, weights)
+    weights = _as_float(name, weights, compute_dtype(inputs.dtype))
     c = inputs.shape[-1] if inputs.ndim else 1
     g = weights.shape[-1] if weights.ndim else 1
     if weights.ndim and 1 < g < c and c % g == 0:
@@ -68,22 +77,26 @@ def _merge_features(out: jax.Array, feature_ndim: int) -> jax.Array:
     return out.reshape(*lead, math.prod(out.shape[len(lead):]))
 
 
-def lan_pool(inputs, weights, window_shape, strides=None, padding: Padding = "VALID"):
+def lan_pool(inputs, weights, window_shape, strides=None, padding: Padding = "VALID", *,
+             ceil_mode: bool = False):
     """Weighted mean of `inputs` over each window, `sum(w * x) / sum(w)`.
 
     Args:
       inputs: `(*batch, *spatial, features)` floats.
-      weights: non-negative, broadcastable to `inputs` (or grouped, see `lip_pool`).
-        Every window needs a positive weight sum, else its output is NaN.
+      weights: non-negative, broadcastable to `inputs` (or grouped, see `lip_pool`);
+        integers and bools are taken as floats. Every window needs a positive weight
+        sum, else its output is NaN.
       window_shape: one int per spatial dim.
       strides: one int per spatial dim; default 1.
       padding: "VALID", "SAME" or `(low, high)` per spatial dim; padding has weight 0.
+      ceil_mode: round the output size up as PyTorch's pools do (the extra windows
+        reach past the padding, which has weight 0 too).
     Returns:
       `(*batch, *pooled_spatial, features)` in the dtype of `inputs`, summed in float32
       (float64 for float64 inputs). Differentiated by autodiff.
     """
     x, w, feature_ndim = _align(inputs, weights, "weights")
-    window = pool_window(x.shape, window_shape, strides, padding, feature_ndim)
+    window = pool_window(x.shape, window_shape, strides, padding, feature_ndim, ceil_mode)
     ct = compute_dtype(x.dtype)
     x, w = x.astype(ct), jnp.broadcast_to(w.astype(ct), x.shape)
     out = window_sum(w * x, window) / window_sum(w, window)
@@ -91,10 +104,11 @@ def lan_pool(inputs, weights, window_shape, strides=None, padding: Padding = "VA
 
 
 Implementation = str | None
+IMPLEMENTATIONS = ("xla", "pallas", "pallas_gpu", "pallas_tpu")
 
 
 def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VALID",
-             implementation: Implementation = None):
+             implementation: Implementation = None, *, ceil_mode: bool = False):
     """Local importance pooling: `lan_pool(inputs, exp(logits), ...)` with exact
     derivatives.
 
@@ -105,66 +119,82 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
       inputs: `(*batch, *spatial, features)` floats.
       logits: broadcastable to `inputs`: per feature `(..., C)`, shared `(..., 1)`, or
         grouped `(..., G)` with `G` dividing `C` (features `g*C/G .. (g+1)*C/G - 1`
-        share logit `g`).
-      window_shape, strides, padding: as in `lan_pool`.
-      implementation: "xla" (the XLA graph below: any rank, forward and reverse mode),
-        "pallas" (the fused kernels of `lip_jax.pallas_lip`: 2-D windows, other ranks
-        take "xla"; reverse mode only; compiled on GPU, interpret mode on CPU; no TPU
-        kernel) or None: `DEFAULT_IMPLEMENTATION` of the backend ("pallas" on a
-        single GPU; "xla" elsewhere and on several devices).
+        share logit `g`); integer logits are taken as floats.
+      window_shape, strides, padding, ceil_mode: as in `lan_pool`.
+      implementation: "xla" (`lip_jax.lip_xla`: any rank, forward and reverse mode),
+        "pallas_gpu" (`lip_jax.pallas_gpu`, Triton) or "pallas_tpu"
+        (`lip_jax.pallas_tpu`, Mosaic): fused kernels for 2-D windows (other ranks take
+        "xla"), reverse mode only, compiled on their backend and run in Pallas
+        interpret mode on CPU; "pallas" is the running backend's kernel (on CPU the GPU
+        one); None: `DEFAULT_IMPLEMENTATION` of the backend.
     Returns:
       `(*batch, *pooled_spatial, features)` in the dtype of `inputs`.
 
-    Numerics (`lip_jax.lip_xla`): sums run in float32 (float64 for float64 inputs); the
-    result is the exact weighted mean for any finite logits (the XLA graph shifts them by
-    each image's maximum when the batch's range is under `FAST_LOGIT_RANGE`, else by
-    each window's, as the kernels always do), and a NaN or inf poisons only the windows
-    that hold it.
+    Numerics (`lip_jax.lip_xla`, `lip_jax.lip_kernel`): sums run in float32 (float64 for
+    float64 inputs); the result and both gradients are exact for any finite logits, and
+    a NaN or inf poisons only the windows that hold it. A batch split over a mesh
+    (`jax.typeof(inputs).sharding`) is pooled per shard, without communication
+    (`lip_jax.sharded`).
     """
+    inputs = _check_float("inputs", inputs)
+    logits = _as_float("logits", logits, compute_dtype(inputs.dtype))
     x, l, feature_ndim = _align(inputs, logits, "logits")
-    window = pool_window(x.shape, window_shape, strides, padding, feature_ndim)
-    if _resolve(implementation, len(window_shape)) == "pallas" and x.size:
-        return _lip_pallas(inputs, logits, window, x.ndim - feature_ndim - 2)
-    return _merge_features(lip_xla.lip(x, l, window), feature_ndim)
+    pool_window(x.shape, window_shape, strides, padding, feature_ndim, ceil_mode)  # checks
+    backend = _kernel_backend(implementation, len(window_shape))
+
+    def pool(inputs, logits):
+        x, l, feature_ndim = _align(inputs, logits, "logits")
+        window = pool_window(x.shape, window_shape, strides, padding, feature_ndim,
+                             ceil_mode)
+        if backend is not None and x.size:
+            return _lip_kernel(inputs, logits, window, x.ndim - feature_ndim - 2, backend)
+        return _merge_features(lip_xla.lip(x, l, window), feature_ndim)
+
+    if inputs.ndim == len(window_shape) + 1:  # no batch dim
+        return pool(inputs, logits)
+    interpreted_tpu = backend == "tpu" and jax.default_backend() != "tpu"
+    return per_shard(pool, inputs, logits, all_axes_manual=interpreted_tpu)
 
 
-# What implementation=None picks per JAX backend ("xla" where absent). The kernels are
-# the default only where measured faster: on an H100, 1.75x (f32) and 1.44x (bf16) the
-# XLA graph's forward+backward at (32, 56, 56, 256), LIP-ResNet-50 bf16 training +6%
-# (README). They are reverse-mode only (forward mode on a GPU needs "xla"), and picked
-# only when the job has one device: GSPMD cannot split a pallas_call over a sharded batch.
+# What implementation=None picks per JAX backend ("xla" where absent). The GPU kernel is
+# the default where it was measured faster: on an H100, 1.75x (f32) and 1.44x (bf16) the
+# XLA graph's forward+backward at (32, 56, 56, 256) (README). It is reverse-mode only:
+# forward mode on a GPU needs "xla".
 DEFAULT_IMPLEMENTATION = {"gpu": "pallas"}
 
 
-def _resolve(implementation: Implementation, spatial_ndim: int) -> str:
-    """'xla' or 'pallas' (2-D windows only; other ranks take 'xla')."""
-    if implementation not in (None, "xla", "pallas"):
-        raise ValueError(f'implementation must be None, "xla" or "pallas", got '
+def _kernel_backend(implementation: Implementation, spatial_ndim: int) -> str | None:
+    """Which kernel runs ("gpu" or "tpu"), or None for the XLA graph."""
+    if implementation is not None and implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be None or one of {IMPLEMENTATIONS}, got "
                          f"{implementation!r}")
-    backend = jax.default_backend()
-    if implementation is None:  # pallas_call is not partitioned: one device only
-        implementation = (DEFAULT_IMPLEMENTATION.get(backend, "xla")
-                          if jax.device_count() == 1 else "xla")
-    if implementation == "pallas" and backend == "tpu":
-        raise NotImplementedError('implementation="pallas" has no TPU (Mosaic) kernel; '
-                                  'use "xla"')
-    return implementation if spatial_ndim == 2 else "xla"
+    platform = jax.default_backend()
+    if implementation is None:
+        implementation = DEFAULT_IMPLEMENTATION.get(platform, "xla")
+    if implementation == "xla" or spatial_ndim != 2:
+        return None
+    backend = {"pallas_gpu": "gpu", "pallas_tpu": "tpu"}.get(
+        implementation, "tpu" if platform == "tpu" else "gpu")
+    if platform not in ("cpu", backend):
+        raise ValueError(f"implementation={implementation!r} runs on {backend.upper()} or, "
+                         f"in interpret mode, on CPU; this is {platform.upper()}")
+    return backend
 
 
-def _lip_pallas(inputs, logits, window: Window, lead: int):
-    """The fused kernels on `(B, H, W, C)` views; `lead` batch dims before H, W."""
-    from lip_jax import pallas_lip  # noqa: PLC0415  (imports Pallas only when used)
+def _lip_kernel(inputs, logits, window: Window, lead: int, backend: str):
+    """A fused kernel on `(B, H, W, C)` views; `lead` batch dims before H, W."""
+    from lip_jax import lip_kernel  # noqa: PLC0415  (imports Pallas only when used)
 
-    inputs, logits = jnp.asarray(inputs), jnp.asarray(logits)
     x = inputs.reshape(math.prod(inputs.shape[:lead]), *inputs.shape[lead:])
     groups = logits.shape[-1] if logits.ndim else 1
     l = jnp.broadcast_to(logits, (*inputs.shape[:-1], groups)).reshape(*x.shape[:-1], groups)
     geometry = tuple(field[lead:lead + 2] for field in window)
-    y = pallas_lip.lip_pool_nhwc(x, l, geometry, jax.default_backend() != "gpu")
+    y = lip_kernel.lip_pool_nhwc(x, l, geometry, backend)
     return y.reshape(*inputs.shape[:lead], *y.shape[1:])
 
 
-def window_share(logits, window_shape, strides=None, padding: Padding = "VALID"):
+def window_share(logits, window_shape, strides=None, padding: Padding = "VALID", *,
+                 ceil_mode: bool = False):
     """Each pixel's share of the windows that cover it: mean over those windows p of
     `w[q] / sum_{q' in p} w[q']`, with `w = exp(logits)`.
 
@@ -172,9 +202,9 @@ def window_share(logits, window_shape, strides=None, padding: Padding = "VALID")
     (float64 for float64 logits), exact for any finite logits; pixels that no window
     covers (e.g. the last row of an odd input under k2/s2/p0) get 0.
     """
-    logits = _check_float("logits", logits)
-    window = pool_window(logits.shape, window_shape, strides, padding)
-    return lip_xla.window_share(pixel_shape_logits(logits, logits), window)
+    logits = _as_float("logits", logits, jnp.float32)
+    window = pool_window(logits.shape, window_shape, strides, padding, ceil_mode=ceil_mode)
+    return lip_xla.window_share(logits.astype(compute_dtype(logits.dtype)), window)
 
 
 def soft_gate(z, coeff: float = 12.0):
@@ -187,35 +217,48 @@ def soft_gate(z, coeff: float = 12.0):
     return coeff * jax.nn.sigmoid(z.astype(jnp.promote_types(z.dtype, jnp.float32)))
 
 
-def average_pool(inputs, window_shape, strides=None, padding: Padding = "VALID"):
-    """Average pooling over the in-image pixels of each window (LAN with w = 1).
+def average_pool(inputs, window_shape, strides=None, padding: Padding = "VALID", *,
+                 count_include_pad: bool = False, ceil_mode: bool = False):
+    """Average pooling (LAN with w = 1), `(*batch, *spatial, C)` -> pooled, same dtype.
 
-    The window counts come from one `(1, ..., 1, *spatial, 1)` array: XLA would
-    constant-fold a batch-sized one at compile time (seconds per call at batch 500).
+    `count_include_pad=False` (the default) averages the in-image pixels of each window:
+    LAN's rule, so that `lip_pool` with zero logits equals this. `True` divides by the
+    window's size within the padded input, as `flax.linen.avg_pool` and PyTorch's
+    `avg_pool2d` do by default; with `ceil_mode` (PyTorch's rule), the part of a window
+    past the padding is never counted. The counts come from one `(1, ..., *spatial, 1)`
+    array: XLA would constant-fold a batch-sized one at compile time (seconds at batch 500).
     """
     x = _check_float("inputs", inputs)
-    window = pool_window(x.shape, window_shape, strides, padding)
+    window = pool_window(x.shape, window_shape, strides, padding, ceil_mode=ceil_mode)
     spatial = spatial_axes(window)
     ct = compute_dtype(x.dtype)
     ones = jnp.ones([n if a in spatial else 1 for a, n in enumerate(x.shape)], ct)
+    if count_include_pad:  # count the padding, not what ceil_mode adds beyond it
+        base = pool_window(x.shape, window_shape, strides, padding)
+        ones = jnp.pad(ones, base.pads, constant_values=1)
+        window = window._replace(pads=tuple((0, hi - b_hi) for (_, hi), (_, b_hi)
+                                            in zip(window.pads, base.pads)))
+        x = jnp.pad(x, base.pads)
     return (window_sum(x.astype(ct), window) / window_sum(ones, window)).astype(x.dtype)
 
 
-def soft_pool(inputs, window_shape, strides=None, padding: Padding = "VALID"):
+def soft_pool(inputs, window_shape, strides=None, padding: Padding = "VALID", *,
+              ceil_mode: bool = False):
     """SoftPool (Stergiou et al. 2021): LIP with logits = inputs."""
-    return lip_pool(inputs, inputs, window_shape, strides, padding)
+    return lip_pool(inputs, inputs, window_shape, strides, padding, ceil_mode=ceil_mode)
 
 
 def tempered_max_pool(inputs, window_shape, strides=None, padding: Padding = "VALID",
-                      beta: float = 20.0):
+                      beta: float = 20.0, *, ceil_mode: bool = False):
     """LIP with logits `beta * inputs`; tends to max pooling as beta -> inf.
 
     Its output never exceeds the window max and is non-decreasing in beta; a window of
-    K values lies within (K - 1) / (e * beta) of its max. Any beta is exact; on the XLA
-    graph, batches with `beta * (max - min)` above `FAST_LOGIT_RANGE` take the slower
-    per-window form (see `lip_pool`'s numerics).
+    K values lies within (K - 1) / (e * beta) of its max. Exact for any beta, gradients
+    included; on the XLA graph, images with `beta * (max - min)` above
+    `FAST_LOGIT_RANGE` take the slower per-window form (see `lip_pool`'s numerics).
     """
-    return lip_pool(inputs, beta * inputs, window_shape, strides, padding)
+    return lip_pool(inputs, beta * jnp.asarray(inputs), window_shape, strides, padding,
+                    ceil_mode=ceil_mode)
 
 
 def periodic_weights(pattern, spatial_shape, offset=None) -> jax.Array:
@@ -237,6 +280,6 @@ def periodic_weights(pattern, spatial_shape, offset=None) -> jax.Array:
     return pattern[tuple(index)][..., None]
 
 
-__all__ = ["DEFAULT_IMPLEMENTATION", "FAST_LOGIT_RANGE", "Padding", "Window", "average_pool",
+__all__ = ["DEFAULT_IMPLEMENTATION", "FAST_LOGIT_RANGE", "IMPLEMENTATIONS", "Padding", "Window", "average_pool",
            "lan_pool", "lip_pool", "periodic_weights", "pool_window", "soft_gate", "soft_pool",
            "tempered_max_pool", "window_share", "window_sum", "window_sum_transpose"]

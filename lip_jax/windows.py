@@ -54,13 +54,25 @@ def _spatial_pads(spatial_shape, window_shape, strides, padding) -> tuple[tuple[
     return pads
 
 
+def _ceil_extra(size: int, k: int, s: int, lo: int, hi: int) -> int:
+    """The high padding `ceil_mode` adds along one dim, by PyTorch's rule: the output
+    size rounds up, except that the last window must start inside the input or the low
+    padding."""
+    out = -(-(size + lo + hi - k) // s) + 1
+    if (out - 1) * s >= size + lo:
+        out -= 1
+    return max(0, (out - 1) * s + k - (size + lo + hi))
+
+
 def pool_window(input_shape, window_shape, strides=None, padding: Padding = "VALID",
-                feature_ndim: int = 1) -> Window:
+                feature_ndim: int = 1, ceil_mode: bool = False) -> Window:
     """Validates a pooling geometry and returns it over all `len(input_shape)` dims.
 
     The spatial dims are the `len(window_shape)` dims before the last `feature_ndim`.
-    Raises ValueError for a window larger than the padded input, or padding so wide that
-    a window would hold padding only (its weights would sum to zero).
+    `ceil_mode` rounds the output size up as PyTorch's pools do, as extra high padding
+    (`Window.pads` includes it). Raises ValueError for a window larger than the padded
+    input, or padding so wide that a window would hold padding only (its weights would sum
+    to zero).
     """
     if not isinstance(window_shape, Sequence):
         raise TypeError(f"window_shape must be a sequence of ints, got {window_shape!r}")
@@ -74,6 +86,8 @@ def pool_window(input_shape, window_shape, strides=None, padding: Padding = "VAL
     lead = len(input_shape) - n - feature_ndim
     spatial = tuple(input_shape[lead:lead + n])
     pads = _spatial_pads(spatial, window_shape, strides, padding)
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
     for axis, (size, k, s, (lo, hi)) in enumerate(zip(spatial, window_shape, strides, pads)):
         if size + lo + hi < k:
             raise ValueError(
@@ -84,6 +98,9 @@ def pool_window(input_shape, window_shape, strides=None, padding: Padding = "VAL
             raise ValueError(
                 f"padding ({lo}, {hi}) on spatial dim {axis} (size {size}, window {k}, "
                 f"stride {s}) leaves windows that hold padding only")
+    if ceil_mode:
+        pads = tuple((lo, hi + _ceil_extra(size, k, s, lo, hi))
+                     for size, k, s, (lo, hi) in zip(spatial, window_shape, strides, pads))
     one = (1,) * lead, (1,) * feature_ndim
     return Window(
         dims=one[0] + window_shape + one[1],

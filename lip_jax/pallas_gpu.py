@@ -1,4 +1,4 @@
-"""Fused 2-D LIP pooling in Pallas: one forward and one backward kernel.
+"""Fused 2-D LIP pooling for GPU in Pallas (Triton): one forward and one backward kernel.
 
 Layout `(N, H, W, C)` inputs, `(N, H, W, L)` logits with `L` dividing `C` (features
 `c` use logit `c // (C // L)`: per-feature, shared and grouped logits alike). Any
@@ -7,20 +7,23 @@ window, stride and explicit `(low, high)` padding.
 - Forward: one program per (image, output row, tile of `BLOCK_W` output columns x
   up to `MAX_BLOCK_C` features). It reads the window taps of `x` and the logits (halo included;
   neighbouring tiles share rows through the cache), subtracts each window's own maximum
-  logit, sums in float32 and writes `y` and the window log-sum-exp `lse` (float32), so
-  `y[p] = sum_q exp(l[q] - lse[p]) x[q]` over the in-image pixels `q` of window `p`.
+  logit `top`, sums in float32 and writes `y`; under differentiation also `top` and
+  `log_total`, the log of the window's weight sum (all float32), so that
+  `y[p] = sum_q exp(l[q] - top[p] - log_total[p]) x[q]` over the in-image pixels `q` of
+  window `p`. Keeping `top` and `log_total` apart (not their sum, rounded at the logits'
+  magnitude) keeps the gradients exact at any logit magnitude.
 - Backward: one program per (image, `sh` input rows, tile of `BLOCK_W * sw` input
   columns x features), looping over the stride phases so that which windows cover a
   pixel, and as which tap, is static. Each input pixel gathers from those windows (no
   atomics):
   `dx[q] = sum_p a[p,q] g[p]`, `dl[q] = sum_p a[p,q] g[p] (x[q] - y[p])`,
-  `a[p,q] = exp(l[q] - lse[p])`; `dl` is per feature (float32) and summed to `L` outside.
+  `a[p,q] = exp(l[q] - top[p] - log_total[p])`, with `y` the float32 output;
+  `dl` is per feature (float32) and summed to `L` by `lip_jax.lip_kernel`.
 
 Written for Pallas' Triton backend (GPU): block shapes are powers of two, loads are
-masked gathers. Elsewhere the kernels run in interpret mode (slow, for tests only). No
-TPU (Mosaic) variant: it would need blocked loads in place of these gathers (not
-written, and no TPU was available to verify one). JAX 0.11 warns that the Triton backend
-is deprecated in favour of Mosaic GPU.
+masked gathers. Elsewhere the kernels run in interpret mode (slow, for tests only).
+`lip_jax.pallas_tpu` is the TPU variant. JAX 0.11 warns that the Triton backend is
+deprecated in favour of Mosaic GPU.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+
+from lip_jax.lip_kernel import out_struct
 
 BLOCK_W = 8  # output columns (forward) or column strides (backward) per program
 MAX_BLOCK_C = 128  # features per program
@@ -65,7 +70,7 @@ def _load(ref, n, row, cols, feats, mask, size):
     return jnp.where(mask, value, 0.0)
 
 
-def _forward_kernel(x_ref, l_ref, y_ref, lse_ref, *, geometry, bw, bc, n_ctiles):
+def _forward_kernel(x_ref, l_ref, y_ref, *stat_refs, geometry, bw, bc, n_ctiles):
     (kh, kw), (sh, sw), (ph, pw) = geometry
     _, h, w, c = x_ref.shape
     wo, groups = y_ref.shape[2], l_ref.shape[3]
@@ -90,7 +95,8 @@ def _forward_kernel(x_ref, l_ref, y_ref, lse_ref, *, geometry, bw, bc, n_ctiles)
     out = (j < wo) & (feats < c)
     index = (n, i, jnp.where(out, j, wo), jnp.where(out, feats, c))  # masked lanes: drop
     plgpu.store(y_ref.at[index], (acc / total).astype(y_ref.dtype), mask=out)
-    plgpu.store(lse_ref.at[index], top + jnp.log(total), mask=out)
+    for ref, value in zip(stat_refs, (top, jnp.log(total))):  # (top_ref, log_total_ref)
+        plgpu.store(ref.at[index], value, mask=out)
 
 
 def _covering_taps(k: int, s: int, lo: int, phase: int):
@@ -99,8 +105,8 @@ def _covering_taps(k: int, s: int, lo: int, phase: int):
     return [((phase + lo - t) // s, t) for t in range(k) if (phase + lo - t) % s == 0]
 
 
-def _backward_kernel(x_ref, l_ref, y_ref, lse_ref, g_ref, dx_ref, dl_ref, *, geometry,
-                     bw, bc, n_ctiles):
+def _backward_kernel(x_ref, l_ref, y_ref, top_ref, log_total_ref, g_ref, dx_ref, dl_ref, *,
+                     geometry, bw, bc, n_ctiles):
     """Input rows `sh * m + a` and columns `sw * (tile * bw + lane) + b` for every stride
     phase (a, b): which windows cover such a pixel, and as which tap, is static."""
     (kh, kw), (sh, sw), (ph, pw) = geometry
@@ -124,8 +130,9 @@ def _backward_kernel(x_ref, l_ref, y_ref, lse_ref, g_ref, dx_ref, dl_ref, *, geo
                     mask = here & (i >= 0) & (i < ho) & (j >= 0) & (j < wo)
                     g = _load(g_ref, n, i, j, feats, mask, (ho, wo, c))
                     yp = _load(y_ref, n, i, j, feats, mask, (ho, wo, c))
-                    lse = _load(lse_ref, n, i, j, feats, mask, (ho, wo, c))
-                    ag = jnp.where(mask, jnp.exp(lq - lse) * g, 0.0)
+                    top = _load(top_ref, n, i, j, feats, mask, (ho, wo, c))
+                    log_total = _load(log_total_ref, n, i, j, feats, mask, (ho, wo, c))
+                    ag = jnp.where(mask, jnp.exp(lq - top - log_total) * g, 0.0)
                     dx += ag
                     dl += jnp.where(mask, ag * (xq - yp), 0.0)
             index = (n, jnp.minimum(r, h - 1), jnp.where(here, cols, w),
@@ -147,47 +154,32 @@ def _lows(geometry):
     return tuple(window), tuple(strides), tuple(lo for lo, _ in pads)
 
 
-def _forward(x, logits, geometry, interpret):
+def forward(x, logits, geometry, interpret: bool, residuals: bool):
+    """`y` `(N, Ho, Wo, C)` in x.dtype; with `residuals`, `(y in float32, (top,
+    log_total))` for `backward`."""
     window, strides, pads = geometry
     n, h, w, c = x.shape
     ho, wo = ((size + lo + hi - k) // s + 1
               for size, k, s, (lo, hi) in zip((h, w), window, strides, pads))
     bw, bc, n_wtiles, n_ctiles = _tile(wo, c)
-    out = (jax.ShapeDtypeStruct((n, ho, wo, c), x.dtype),
-           jax.ShapeDtypeStruct((n, ho, wo, c), jnp.float32))
-    return _call(_forward_kernel, (n, ho, n_wtiles * n_ctiles), out, interpret, x, logits,
-                 geometry=_lows(geometry), bw=bw, bc=bc, n_ctiles=n_ctiles)
+    out = out_struct((n, ho, wo, c), jnp.float32 if residuals else x.dtype, x)
+    out = (out, out, out) if residuals else (out,)
+    y, *stats = _call(_forward_kernel, (n, ho, n_wtiles * n_ctiles), out, interpret, x,
+                      logits, geometry=_lows(geometry), bw=bw, bc=bc, n_ctiles=n_ctiles)
+    return (y, tuple(stats)) if residuals else y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def lip_pool_nhwc(x, logits, geometry, interpret=False):
-    """LIP pooling of `x (N, H, W, C)` with `logits (N, H, W, L)`, `L` dividing `C`.
-
-    `geometry` = ((kh, kw), (sh, sw), ((ph_lo, ph_hi), (pw_lo, pw_hi))), as validated
-    by `ops.pool_window` (every window holds an in-image pixel). Returns
-    `(N, Ho, Wo, C)` in x.dtype; `interpret` runs the kernels in Pallas interpret mode.
-    """
-    return _forward(x, logits, geometry, interpret)[0]
-
-
-def _fwd(x, logits, geometry, interpret):
-    y, lse = _forward(x, logits, geometry, interpret)
-    return y, (x, logits, y, lse)
-
-
-def _bwd(geometry, interpret, residuals, g):
-    x, logits, y, lse = residuals
+def backward(x, logits, y, stats, g, geometry, interpret: bool):
+    """(dx in x.dtype, d logits per feature in float32), both `(N, H, W, C)`."""
     n, h, w, c = x.shape
     sh, sw = geometry[1]
     bw, bc, n_wtiles, n_ctiles = _tile(pl.cdiv(w, sw), c)
-    out = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape, jnp.float32))
-    dx, dl = _call(_backward_kernel, (n, pl.cdiv(h, sh), n_wtiles * n_ctiles), out, interpret,
-                   x, logits, y, lse, g.astype(y.dtype), geometry=_lows(geometry), bw=bw,
-                   bc=bc, n_ctiles=n_ctiles)
-    groups = logits.shape[-1]
-    dl = dl.reshape(n, h, w, groups, c // groups).sum(-1)
-    return dx, dl.astype(logits.dtype)
+    out = (out_struct(x.shape, x.dtype, x), out_struct(x.shape, jnp.float32, x))
+    return _call(_backward_kernel, (n, pl.cdiv(h, sh), n_wtiles * n_ctiles), out, interpret,
+                 x, logits, y, *stats, g, geometry=_lows(geometry), bw=bw, bc=bc,
+                 n_ctiles=n_ctiles)
 
 
-lip_pool_nhwc.defvjp(_fwd, _bwd)
-
+def interpret_mode() -> bool:
+    """Pallas' interpret argument for running these kernels off a GPU."""
+    return True
