@@ -224,6 +224,12 @@ def test_mismatched_variables_are_named_and_nothing_is_loaded(edit, message):
     jax.tree.map(np.testing.assert_array_equal, N.linen_variables(model), before)
 
 
+def test_variables_that_are_not_a_mapping_are_refused():
+    _, model = linen_and_nnx("cnn")
+    with pytest.raises(TypeError, match="variables must be a mapping.*got a list"):
+        N.load_variables(model, [])
+
+
 @pytest.mark.parametrize("bad", [0, -3, 10.0, "10", True, None])
 def test_num_classes_must_be_a_positive_int_in_both_front_ends(bad):
     message = f"num_classes must be a positive int, got {re.escape(repr(bad))}"

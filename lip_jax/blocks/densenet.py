@@ -72,11 +72,10 @@ def densenet(c: DenseNetConfig, in_features: int) -> D.Block:
     else:
         layers["pool0"] = D.Pool(c.pool, (3, 3), (2, 2), ((1, 1), (1, 1)), features,
                                  logit("LogitHead", features, kernel_size=3))
-    blocks = []
+    blocks, wide = [], c.bn_size * c.growth_rate
     for i, size in enumerate(c.block_sizes, start=1):
         names = tuple(f"denseblock{i}_denselayer{j}" for j in range(1, size + 1))
         for name in names:
-            wide = c.bn_size * c.growth_rate
             layers[name] = D.block(
                 _dense_layer, norm1=D.Norm(features), conv1=conv(features, wide, 1),
                 norm2=D.Norm(wide), conv2=conv(wide, c.growth_rate, 3, 1, 1))
@@ -99,28 +98,28 @@ def densenet(c: DenseNetConfig, in_features: int) -> D.Block:
     return D.block(_densenet, blocks=tuple(blocks), features_only=c.features_only, **layers)
 
 
-def _densenet(l, x):
-    x = l.pool0(relu(l.norm0(l.conv0(x))))
+def _densenet(m, x):
+    x = m.pool0(relu(m.norm0(m.conv0(x))))
     features = {}
-    for i, names in enumerate(l.blocks, start=1):
+    for i, names in enumerate(m.blocks, start=1):
         for name in names:
-            x = getattr(l, name)(x)
-        if i < len(l.blocks):
+            x = getattr(m, name)(x)
+        if i < len(m.blocks):
             features[f"C{i + 1}"] = x
-            x = getattr(l, f"transition{i}")(x)
-    x = relu(l.norm5(x))
-    if l.features_only:
-        return {**features, f"C{len(l.blocks) + 1}": x}
-    return l.classifier(l.global_pool(x))
+            x = getattr(m, f"transition{i}")(x)
+    x = relu(m.norm5(x))
+    if m.features_only:
+        return {**features, f"C{len(m.blocks) + 1}": x}
+    return m.classifier(m.global_pool(x))
 
 
-def _dense_layer(l, x):
+def _dense_layer(m, x):
     """BN -> ReLU -> 1x1 conv -> BN -> ReLU -> 3x3 conv; concatenated to its input."""
-    y = l.conv1(relu(l.norm1(x)))
-    y = l.conv2(relu(l.norm2(y)))
+    y = m.conv1(relu(m.norm1(x)))
+    y = m.conv2(relu(m.norm2(y)))
     return jnp.concatenate([x, y], axis=-1)
 
 
-def _transition(l, x):
+def _transition(m, x):
     """BN -> ReLU -> 1x1 conv halving the channels -> 2x2/2 pool."""
-    return l.pool(l.conv(relu(l.norm(x))))
+    return m.pool(m.conv(relu(m.norm(x))))

@@ -106,16 +106,16 @@ def resnet(c: ResNetConfig, in_features: int) -> D.Block:
     return D.block(_resnet, stages=tuple(stages), features_only=c.features_only, **layers)
 
 
-def _resnet(l, x):
-    x = l.maxpool(relu(l.bn1(l.conv1(x))))
+def _resnet(m, x):
+    x = m.maxpool(relu(m.bn1(m.conv1(x))))
     features = {}
-    for i, names in enumerate(l.stages):
+    for i, names in enumerate(m.stages):
         for name in names:
-            x = getattr(l, name)(x)
+            x = getattr(m, name)(x)
         features[f"C{i + 2}"] = x
-    if l.features_only:
+    if m.features_only:
         return features
-    return l.fc(l.global_pool(x))
+    return m.fc(m.global_pool(x))
 
 
 def _block(c, in_features, planes, strides):
@@ -138,17 +138,19 @@ def _block(c, in_features, planes, strides):
     return D.block(forward, downsample=shortcut, **layers)
 
 
-def _bottleneck(l, x):
-    y = relu(l.bn1(l.conv1(x)))
-    y = relu(l.bn2(l.conv2(y)))
-    y = l.bn3(l.conv3(y))
-    return relu(y + (x if l.downsample is None else l.downsample(x)))
+def _bottleneck(m, x):
+    y = relu(m.bn1(m.conv1(x)))
+    y = relu(m.bn2(m.conv2(y)))
+    return _add_shortcut(m, x, m.bn3(m.conv3(y)))
 
 
-def _basic(l, x):
-    y = relu(l.bn1(l.conv1(x)))
-    y = l.bn2(l.conv2(y))
-    return relu(y + (x if l.downsample is None else l.downsample(x)))
+def _basic(m, x):
+    y = relu(m.bn1(m.conv1(x)))
+    return _add_shortcut(m, x, m.bn2(m.conv2(y)))
+
+
+def _add_shortcut(m, x, y):
+    return relu(y + (x if m.downsample is None else m.downsample(x)))
 
 
 def _pooled_block(c, in_features, planes):
@@ -179,16 +181,16 @@ def _pooled_block(c, in_features, planes):
                    downsample=shortcut)
 
 
-def _pooled_basic(l, x):
-    return _basic(l, l.lip(x))
+def _pooled_basic(m, x):
+    return _basic(m, m.lip(x))
 
 
-def _pooled_bottleneck(l, x):
-    shared = None if l.bottleneck_shared is None else l.bottleneck_shared(x)
-    y = relu(l.bn1(l.conv1(x)))
-    y = relu(l.bn2(l.conv2(apply_pool(l.lip, y, shared))))
-    y = l.bn3(l.conv3(y))
-    return relu(y + l.downsample(x, shared))
+def _pooled_bottleneck(m, x):
+    shared = None if m.bottleneck_shared is None else m.bottleneck_shared(x)
+    y = relu(m.bn1(m.conv1(x)))
+    y = relu(m.bn2(m.conv2(apply_pool(m.lip, y, shared))))
+    y = m.bn3(m.conv3(y))
+    return relu(y + m.downsample(x, shared))
 
 
 def _shortcut(in_features, features, strides, pool=None):
@@ -197,7 +199,7 @@ def _shortcut(in_features, features, strides, pool=None):
                    bn=D.Norm(features))
 
 
-def _project(l, x, logit_input=None):
-    if l.lip is not None:
-        x = apply_pool(l.lip, x, logit_input)
-    return l.bn(l.conv(x))
+def _project(m, x, logit_input=None):
+    if m.lip is not None:
+        x = apply_pool(m.lip, x, logit_input)
+    return m.bn(m.conv(x))

@@ -53,10 +53,10 @@ def small_cnn(c: SmallCNNConfig, in_features: int) -> D.Block:
     return D.block(_small_cnn, stages=tuple(stages), **layers)
 
 
-def _small_cnn(l, x):
-    for i, names in enumerate(l.stages):
+def _small_cnn(m, x):
+    for i, names in enumerate(m.stages):
         if i:
-            x = getattr(l, f"pool{i}")(x)
+            x = getattr(m, f"pool{i}")(x)
         for conv, norm in names:
-            x = jax.nn.relu(getattr(l, norm)(getattr(l, conv)(x)))
-    return l.fc(l.global_pool(x))
+            x = jax.nn.relu(getattr(m, norm)(getattr(m, conv)(x)))
+    return m.fc(m.global_pool(x))

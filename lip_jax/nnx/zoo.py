@@ -44,8 +44,8 @@ def create_model(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs, dtype=jn
 
 
 def linen_variables(model: nnx.Module) -> dict:
-    """`{"params": ..., "batch_stats": ...}` of `model` in the Linen layout (nested dicts
-    of arrays, the same objects as the model's)."""
+    """`{"params": ..., "batch_stats": ...}`: the model's arrays in the Linen layout
+    (nested dicts)."""
     return {c: nnx.to_pure_dict(nnx.state(model, kind)) for c, kind in COLLECTIONS.items()}
 
 
@@ -55,6 +55,9 @@ def load_variables(model: nnx.Module, variables: Mapping) -> nnx.Module:
     the model. Every variable of the model must be given, with its shape, and nothing
     else: otherwise a ValueError names the missing, unexpected and mis-shaped ones, and
     nothing is set."""
+    if not isinstance(variables, Mapping):
+        raise TypeError('variables must be a mapping {"params": ..., "batch_stats": ...}, '
+                        f"got a {type(variables).__name__}")
     expected, given = _flat(linen_variables(model)), _flat(variables)
     problems = {
         "missing": [_show(p) for p in expected if p not in given],
