@@ -68,13 +68,14 @@ def _dpp(asymmetric):
 
 
 def _nnx_lip(window_shape, strides, padding, logit, num_features, rngs):
-    from lip_jax.nnx.pooling import LIP  # here: lip_jax.nnx imports the zoo, which imports this
+    # Imported here: lip_jax.nnx imports the model zoo, which imports this module.
+    from lip_jax.nnx.pooling import LIP
     return LIP(logit, window_shape, strides, padding)
 
 
 def _nnx_dpp(asymmetric):
     def make(window_shape, strides, padding, logit, num_features, rngs):
-        from lip_jax.nnx.pooling import DPP as NNXDPP  # here, as in _nnx_lip
+        from lip_jax.nnx.pooling import DPP as NNXDPP  # imported here, as in _nnx_lip
         return NNXDPP(num_features, window_shape, strides, padding, asymmetric)
     return make
 
