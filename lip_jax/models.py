@@ -11,6 +11,7 @@ Every model takes `pool=` one of `POOL_CHOICES` (or a `Pooling`): the names
 
 from collections.abc import Callable
 import difflib
+import numbers
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -95,5 +96,16 @@ def create_model(name: str, num_classes: int = 1000, *, dtype=jnp.float32, **kw)
     or a `Pooling`; default the name's own), `global_pool` ("avg" or "lip"),
     `features_only` (ResNets and DenseNets: a dict of stage outputs "C2".."C5"),
     `width=8` for a tiny test variant of a ResNet or `block_sizes=(1, 1)` for a DenseNet.
+    The model is also its family's config (`lip_jax.blocks`), from which
+    `lip_jax.nnx.create_model` builds the NNX model.
     """
-    return model_spec(name).factory(num_classes=num_classes, dtype=dtype, **kw)
+    spec = model_spec(name)
+    return spec.factory(num_classes=positive_int("num_classes", num_classes), dtype=dtype,
+                        **kw)
+
+
+def positive_int(what: str, value) -> int:
+    """`value` as an int; ValueError naming `what` unless it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return int(value)

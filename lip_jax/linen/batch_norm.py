@@ -5,8 +5,8 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
+from lip_jax.blocks.batch_norm import batch_norm
 from lip_jax.defaults import NORM_EPS
 
 
@@ -43,36 +43,12 @@ class BatchNorm(nn.Module):
         scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
         stat_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
-        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), stat_dtype)
-        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), stat_dtype)
-        compute = jnp.promote_types(jnp.promote_types(x.dtype, stat_dtype), jnp.float32)
-        xc = x.astype(compute)
-        if self.use_running_average:
-            mean, var = running_mean.value, running_var.value
-        else:
-            xc = self._grouped(xc)  # (num_groups, G, ..., C)
-            axes = tuple(range(1, xc.ndim - 1))
-            mean = jnp.mean(xc, axes, keepdims=True)
-            var = jnp.mean(jnp.square(xc - mean), axes, keepdims=True)
-            if not self.is_initializing():
-                count = xc[0].size // features  # per group
-                unbiased = var * (count / max(count - 1, 1))
-                over_groups = (0, *axes)
-                m = self.momentum
-                running_mean.value = m * running_mean.value + (1 - m) * jnp.mean(
-                    mean, over_groups).astype(stat_dtype)
-                running_var.value = m * running_var.value + (1 - m) * jnp.mean(
-                    unbiased, over_groups).astype(stat_dtype)
-        mul = scale.astype(compute) * lax.rsqrt(var.astype(compute) + self.epsilon)
-        y = (xc - mean.astype(compute)) * mul + bias.astype(compute)
-        return y.reshape(x.shape).astype(self.dtype or jnp.result_type(x.dtype,
-                                                                         self.param_dtype))
-
-    def _grouped(self, x):
-        """`(N, ..., C) -> (N / G, G, ..., C)`; G = N when `group_size` is 0."""
-        n = x.shape[0]
-        group = self.group_size or n
-        if self.group_size < 0 or n % group:
-            raise ValueError(f"BatchNorm {self.name}: group_size {self.group_size} must be >= 0 "
-                             f"and divide the batch of {n} examples")
-        return x.reshape(n // group, group, *x.shape[1:])
+        mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), stat_dtype)
+        var = self.variable("batch_stats", "var", jnp.ones, (features,), stat_dtype)
+        y, running = batch_norm(x, scale, bias, mean.value, var.value,
+                                train=not self.use_running_average, group_size=self.group_size,
+                                momentum=self.momentum, epsilon=self.epsilon, dtype=self.dtype,
+                                where=f"BatchNorm {self.name}")
+        if not self.use_running_average and not self.is_initializing():
+            mean.value, var.value = running
+        return y

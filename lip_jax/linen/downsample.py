@@ -29,10 +29,14 @@ from lip_jax.ops import average_pool, soft_pool
 @dataclasses.dataclass(frozen=True)
 class Pooling:
     """A downsampling choice: `pooling(window_shape, strides, padding, logit=m, name=n)`
-    returns a layer `(x) -> pooled x` (`(x, logit_input)` when `uses_logit`).
+    returns a Linen layer `(x) -> pooled x` (`(x, logit_input)` when `uses_logit`), and
+    `pooling.nnx(window_shape, strides, padding, logit=m, num_features=c, rngs=r)` the
+    same layer in NNX (same variables), for `c` input channels.
 
-    `make(window_shape, strides, padding, logit, name)` builds it; `uses_logit`: the
-    layer takes the model's LIP logit module `logit` (built with `parent=None`) and may
+    `make(window_shape, strides, padding, logit, name)` builds the Linen layer and
+    `make_nnx(window_shape, strides, padding, logit, num_features, rngs)` the NNX one
+    (None: the pooling has no NNX layer); `uses_logit`: the layer takes the model's LIP
+    logit module `logit` (a Linen one built with `parent=None`, or an NNX one) and may
     read a `logit_input` other than `x` (LIP-ResNet's shared trunk). Layers without
     variables may be plain functions.
     """
@@ -40,13 +44,21 @@ class Pooling:
     name: str
     make: Callable
     uses_logit: bool = False
+    make_nnx: Callable | None = None
 
     def __call__(self, window_shape, strides, padding, *, logit=None, name=None):
         return self.make(window_shape, strides, padding, logit, name)
 
+    def nnx(self, window_shape, strides, padding, *, logit=None, num_features, rngs):
+        if self.make_nnx is None:
+            raise ValueError(f"pool {self.name!r} has no NNX layer: its Pooling has no "
+                             "make_nnx")
+        return self.make_nnx(window_shape, strides, padding, logit, num_features, rngs)
+
 
 def _fixed(op):
-    return lambda window_shape, strides, padding, logit, name: functools.partial(
+    """A pooling without variables: the same function in Linen and NNX."""
+    return lambda window_shape, strides, padding, *_: functools.partial(
         op, window_shape=tuple(window_shape), strides=tuple(strides), padding=padding)
 
 
@@ -55,14 +67,25 @@ def _dpp(asymmetric):
         window_shape, strides, padding, asymmetric, name=name)
 
 
+def _nnx_lip(window_shape, strides, padding, logit, num_features, rngs):
+    # Imported here: lip_jax.nnx imports the model zoo, which imports this module.
+    from lip_jax.nnx.pooling import LIP
+    return LIP(logit, window_shape, strides, padding)
+
+
+def _nnx_dpp(asymmetric):
+    def make(window_shape, strides, padding, logit, num_features, rngs):
+        from lip_jax.nnx.pooling import DPP as NNXDPP  # imported here, as in _nnx_lip
+        return NNXDPP(num_features, window_shape, strides, padding, asymmetric)
+    return make
+
+
 POOLINGS = {p.name: p for p in (
-    Pooling("lip", lambda w, s, p, logit, name: LIP(logit, w, s, p, name=name), True),
-    Pooling("avg", _fixed(average_pool)),
-    Pooling("max", _fixed(nn.max_pool)),
-    Pooling("soft", _fixed(soft_pool)),
-    Pooling("blur", _fixed(blur_pool)),
-    Pooling("dpp", _dpp(False)),
-    Pooling("dpp_asym", _dpp(True)),
+    Pooling("lip", lambda w, s, p, logit, name: LIP(logit, w, s, p, name=name), True, _nnx_lip),
+    *(Pooling(name, _fixed(op), False, _fixed(op)) for name, op in (
+        ("avg", average_pool), ("max", nn.max_pool), ("soft", soft_pool), ("blur", blur_pool))),
+    Pooling("dpp", _dpp(False), False, _nnx_dpp(False)),
+    Pooling("dpp_asym", _dpp(True), False, _nnx_dpp(True)),
 )}
 """The registered poolings by name; "strided" (the baseline's layers) is `pool=None`."""
 
