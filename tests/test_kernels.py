@@ -1,4 +1,5 @@
-"""The fused Pallas kernels (interpret mode on CPU) against the XLA graph.
+"""The fused Pallas kernels, GPU (Triton) and TPU (Mosaic), in interpret mode on CPU (the
+TPU one with Pallas' TPU interpreter), against the XLA graph.
 
 Kept small: interpret mode runs each kernel program as traced JAX (seconds per call).
 """
@@ -8,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lip_jax import ops
+from lip_jax import ops, pallas_tpu
 from reference import lip_reference
 
 P1 = ((1, 1), (1, 1))
+KERNELS = ["pallas_gpu", "pallas_tpu"]
 
 
 def _randn(key, shape, dtype=jnp.float32):
@@ -30,39 +32,42 @@ def _value_and_grads(implementation, x, logits, geometry):
     return (y,) + jax.jit(jax.grad(loss, (0, 1)))(x, logits)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("shape, logit_features, geometry", [
     ((2, 7, 9, 6), 6, ((3, 3), (2, 2), P1)),                     # the models' k3/s2/p1
     ((2, 7, 9, 6), 3, ((2, 2), (2, 2), "VALID")),                # k2/s2/p0, grouped, odd
     ((1, 6, 5, 3), 1, ((3, 2), (1, 2), ((0, 2), (1, 0)))),       # shared, uneven pads
     ((3, 5, 5, 2), 2, ((3, 3), (1, 1), "SAME")),
 ])
-def test_kernel_matches_xla_values_and_gradients(shape, logit_features, geometry):
+def test_kernel_matches_xla_values_and_gradients(kernel, shape, logit_features, geometry):
     x = _randn(0, shape)
     logits = 3 * _randn(1, (*shape[:-1], logit_features))
-    ours = _value_and_grads("pallas", x, logits, geometry)
+    ours = _value_and_grads(kernel, x, logits, geometry)
     xla = _value_and_grads("xla", x, logits, geometry)
     for a, b in zip(ours, xla):
         assert a.shape == b.shape and a.dtype == b.dtype
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_kernel_broadcast_logits_and_batch_dims():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_broadcast_logits_and_batch_dims(kernel):
     x = _randn(0, (2, 1, 5, 6, 4))  # two batch dims
     for logits in (_randn(1, (4,)), _randn(1, (1, 5, 6, 1)), jnp.zeros(())):
         args = (x, logits, (2, 3), (2, 2), "SAME")
-        np.testing.assert_allclose(ops.lip_pool(*args, implementation="pallas"),
+        np.testing.assert_allclose(ops.lip_pool(*args, implementation=kernel),
                                    ops.lip_pool(*args, implementation="xla"), rtol=1e-5,
                                    atol=1e-6)
     no_batch = _randn(2, (5, 6, 4))
     np.testing.assert_allclose(
-        ops.lip_pool(no_batch, no_batch, (3, 3), (2, 2), P1, implementation="pallas"),
+        ops.lip_pool(no_batch, no_batch, (3, 3), (2, 2), P1, implementation=kernel),
         lip_reference(no_batch, no_batch, (3, 3), (2, 2), P1), rtol=1e-5, atol=1e-6)
 
 
-def test_kernel_bfloat16_accumulates_in_float32():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_bfloat16_accumulates_in_float32(kernel):
     x, logits = _randn(0, (2, 7, 7, 8)), ops.soft_gate(3 * _randn(1, (2, 7, 7, 8)))
     x16, l16 = x.astype(jnp.bfloat16), logits.astype(jnp.bfloat16)
-    ours = _value_and_grads("pallas", x16, l16, ((3, 3), (2, 2), P1))
+    ours = _value_and_grads(kernel, x16, l16, ((3, 3), (2, 2), P1))
     xla = _value_and_grads("xla", x16, l16, ((3, 3), (2, 2), P1))
     for a, b in zip(ours, xla):
         assert a.dtype == jnp.bfloat16
@@ -72,7 +77,7 @@ def test_kernel_bfloat16_accumulates_in_float32():
     np.testing.assert_allclose(ours[0].astype(jnp.float32), exact, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("implementation", ["pallas", "xla"])
+@pytest.mark.parametrize("implementation", [*KERNELS, "xla"])
 def test_logits_spanning_200_are_exact_and_nan_stays_in_its_windows(implementation):
     x = _randn(0, (1, 7, 7, 2))
     logits = 100 * jnp.tanh(_randn(1, (1, 7, 7, 2)))
@@ -89,15 +94,63 @@ def test_logits_spanning_200_are_exact_and_nan_stays_in_its_windows(implementati
     np.testing.assert_array_equal(nan, expected)
 
 
-def test_kernel_on_an_empty_batch():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_on_an_empty_batch(kernel):
     x = jnp.zeros((0, 5, 5, 3))
-    y, dx, dl = _value_and_grads("pallas", x, x, ((3, 3), (2, 2), P1))
+    y, dx, dl = _value_and_grads(kernel, x, x, ((3, 3), (2, 2), P1))
     assert y.shape == (0, 3, 3, 3) and dx.shape == dl.shape == x.shape
 
 
+@pytest.mark.parametrize("shape, geometry", [
+    ((2, 9, 8, 6), ((3, 3), (2, 2), P1)),                      # halo row below each band
+    ((1, 7, 6, 4), ((3, 3), (1, 1), "SAME")),                  # two halo rows, stride 1
+    ((1, 11, 6, 4), ((5, 3), (2, 1), ((2, 1), (1, 1)))),       # tall window, uneven pads
+])
+def test_tpu_kernel_in_one_row_bands(monkeypatch, shape, geometry):
+    """Bands of one row (a tiny VMEM budget): every band reads its halo rows from the
+    next bands' one-row blocks, and the last band is partial."""
+    monkeypatch.setattr(pallas_tpu, "VMEM_BUDGET", 1)
+    x, logits = _randn(0, shape), 3 * _randn(1, shape)
+    for a, b in zip(_value_and_grads("pallas_tpu", x, logits, geometry),
+                    _value_and_grads("xla", x, logits, geometry)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape, logit_features", [
+    ((8, 112, 112, 64), 64),     # LIP-ResNet-50's stem LIP
+    ((8, 56, 56, 256), 256),     # a stage's shortcut LIP
+    ((8, 28, 28, 512), 1),       # shared logits
+])
+def test_tpu_kernel_lowers_to_mosaic(monkeypatch, dtype, shape, logit_features):
+    """Exported for TPU from this CPU: Pallas checks every block against the (8, 128)
+    tiling and lowers both kernels to Mosaic (`tpu_custom_call`). Mosaic's own compiler
+    runs on a TPU only."""
+    from jax import export
+    from lip_jax import lip_kernel
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")  # compiled, not interpreted
+
+    def loss(x, l):
+        return jnp.sum(lip_kernel.lip_pool_nhwc(x, l, ((3, 3), (2, 2), P1), "tpu")
+                       .astype(jnp.float32))
+
+    args = (jax.ShapeDtypeStruct(shape, dtype),
+            jax.ShapeDtypeStruct((*shape[:-1], logit_features), jnp.float32))
+    module = export.export(jax.jit(jax.value_and_grad(loss, (0, 1))), platforms=["tpu"])(
+        *args).mlir_module()
+    assert module.count("tpu_custom_call") == 2  # forward and backward
+
+
 def test_unknown_implementation_is_refused_by_name():
-    with pytest.raises(ValueError, match='implementation must be None, "xla" or "pallas"'):
+    with pytest.raises(ValueError, match="implementation must be None or one of"):
         ops.lip_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(1), (2, 2), implementation="triton")
+
+
+def test_a_kernel_off_its_backend_and_not_on_cpu_is_refused(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(ValueError, match="pallas_tpu.* runs on TPU"):
+        ops.lip_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(1), (2, 2), implementation="pallas_tpu")
 
 
 def _uses_kernel(**kwargs):
@@ -108,12 +161,11 @@ def _uses_kernel(**kwargs):
     return "pallas_call" in str(jaxpr)
 
 
-def test_default_picks_the_kernel_only_where_set_and_on_one_device(monkeypatch):
+def test_default_picks_the_kernel_where_set_on_any_device_count(monkeypatch):
     assert jax.device_count() == 8  # tests/conftest.py
     assert _uses_kernel(implementation="pallas")
+    assert _uses_kernel(implementation="pallas_tpu")
     assert not _uses_kernel(implementation="pallas", window=(2,))  # 1-D: the XLA graph
     assert not _uses_kernel()  # CPU default
     monkeypatch.setitem(ops.DEFAULT_IMPLEMENTATION, jax.default_backend(), "pallas")
-    assert not _uses_kernel()  # several devices: GSPMD cannot split a pallas_call
-    monkeypatch.setattr(jax, "device_count", lambda: 1)
-    assert _uses_kernel()
+    assert _uses_kernel()  # per shard of a sharded batch too (tests/test_sharding.py)
