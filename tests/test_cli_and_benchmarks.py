@@ -28,12 +28,13 @@ def test_demo_reports_special_cases(capsys):
 def test_bench_pooling_writes_json(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     run_experiment("bench_pooling.py", monkeypatch, "--shapes", "2,8,8,4", "--reps", "1",
-                   "--out", str(out))
+                   "--pallas", "--against", "cad5062", "--no-torch", "--out", str(out))
     result = json.loads(out.read_text())
     impls = {row["impl"] for row in result["rows"]}
-    assert {"lip_pool", "naive JAX", "flax avg_pool", "x * 1.5"} <= impls
+    assert {"lip_pool xla", "lip_pool pallas_gpu", "lip_pool pallas_tpu", "lip_pool @cad5062",
+            "naive autodiff", "flax avg_pool", "x * 1.5"} == impls
     assert all(row["forward_ms"] > 0 for row in result["rows"])
-    assert result["versions"]["jax"]
+    assert result["default"] == "lip_pool xla" and result["versions"]["jax"]
 
 
 def test_bench_models_writes_json(tmp_path, monkeypatch):
