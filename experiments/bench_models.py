@@ -71,17 +71,17 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--implementations", nargs="+", default=["xla"],
-                        choices=["xla", "pallas"])
+                        choices=["xla", "pallas", "pallas_gpu", "pallas_tpu"])
     parser.add_argument("--lip-kwargs", type=json.loads, default={},
                         help="JSON create_model arguments for the LIP models")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "bench_models.json")
     parser.add_argument("--pallas-tiles", default=None,
-                        help="BLOCK_W,MAX_BLOCK_C,NUM_WARPS of lip_jax.pallas_lip")
+                        help="BLOCK_W,MAX_BLOCK_C,NUM_WARPS of lip_jax.pallas_gpu")
     args = parser.parse_args(argv)
     if args.pallas_tiles:
-        from lip_jax import pallas_lip  # noqa: PLC0415
-        pallas_lip.BLOCK_W, pallas_lip.MAX_BLOCK_C, pallas_lip.NUM_WARPS = (
+        from lip_jax import pallas_gpu  # noqa: PLC0415
+        pallas_gpu.BLOCK_W, pallas_gpu.MAX_BLOCK_C, pallas_gpu.NUM_WARPS = (
             int(v) for v in args.pallas_tiles.split(","))
     rows, pairs = [], []
     print(f"{'pair':<26} {'impl':>6} {'shape':>18} {'LIP img/s':>10} {'base img/s':>10} "

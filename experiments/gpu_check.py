@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lip_jax import ops, pallas_lip
+from lip_jax import ops, pallas_gpu
 
 P1 = ((1, 1), (1, 1))
 
@@ -44,19 +44,20 @@ def check(shape, dtype, groups, geometry, seed):
 def sweep():
     """Forward+backward ms of the kernels per (BLOCK_W, MAX_BLOCK_C, NUM_WARPS)."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_pooling import lip_pallas, time_jax  # noqa: PLC0415
+    from bench_pooling import interleaved_medians, jax_timer, lip  # noqa: PLC0415
 
     out = []
     for dtype in (jnp.bfloat16, jnp.float32):
         x = jax.random.normal(jax.random.key(0), (32, 56, 56, 256), dtype)
         logits = ops.soft_gate(jax.random.normal(jax.random.key(1), x.shape)).astype(dtype)
         for tiles in [(8, 64, 2), (16, 64, 4), (8, 128, 4), (16, 32, 2)]:
-            pallas_lip.BLOCK_W, pallas_lip.MAX_BLOCK_C, pallas_lip.NUM_WARPS = tiles
-            fwd, fwd_bwd = time_jax(lip_pallas, x, logits, reps=10, inner=5)
+            pallas_gpu.BLOCK_W, pallas_gpu.MAX_BLOCK_C, pallas_gpu.NUM_WARPS = tiles
+            timer = jax_timer(lip("pallas_gpu"), x, logits)
+            (fwd, fwd_bwd), = interleaved_medians({"kernel": timer}, reps=10, inner=5).values()
             out.append(dict(dtype=jnp.dtype(dtype).name, tiles=tiles, forward_ms=fwd,
                             forward_backward_ms=fwd_bwd))
             print(json.dumps(out[-1]), flush=True)
-    pallas_lip.BLOCK_W, pallas_lip.MAX_BLOCK_C, pallas_lip.NUM_WARPS = out[0]["tiles"]
+    pallas_gpu.BLOCK_W, pallas_gpu.MAX_BLOCK_C, pallas_gpu.NUM_WARPS = out[0]["tiles"]
     best = min((r for r in out if r["dtype"] == "bfloat16"),
                key=lambda r: r["forward_backward_ms"])["tiles"]
     print("BEST_TILES", ",".join(map(str, best)), flush=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device run (issue 12): kernel-vs-XLA checks, kernel tilings, pooling and model
+# One device run: kernel-vs-XLA checks, kernel tilings, pooling and model
 # benchmarks on a GPU. Usage (repo root; results under $OUT): bash experiments/gpu_check.sh
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD JAX_PLATFORMS=cuda
