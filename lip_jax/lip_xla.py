@@ -10,10 +10,10 @@ made per image, so an image's result never depends on the rest of its batch. The
 is the exact weighted mean for any finite logits, and a NaN or inf poisons only the
 windows that hold it.
 
-The derivatives read the window log-sum-exp relative to the shift each form used (the
-image maximum, or the window maximum, recomputed), never a log-sum-exp rounded at the
-logits' own magnitude: gradients keep float32 accuracy at logit offsets of 1e6 and
-magnitudes of 1e12.
+The derivatives never use a log-sum-exp rounded at the logits' own magnitude: the fast
+form keeps its weights `exp(l - image max)` and the windows' weight sums, the per-window
+form recomputes each window's maximum. Float32 gradients keep float32 accuracy at logit
+offsets of 1e6 and magnitudes of 1e12.
 """
 
 from __future__ import annotations
