@@ -152,11 +152,14 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, interpret, *arg
     )(*args)
 
 
-def _logits_per_lane(logits, c: int):
-    """Shared `(..., 1)` or per-feature `(..., C)` logits as they are; groups broadcast to
-    features."""
-    g = logits.shape[-1]
-    return logits if g in (1, c) else jnp.repeat(logits, c // g, axis=-1)
+def _lanes(logits, c: int):
+    """(logits, feature tile, logit tile): shared `(..., 1)` or per-feature `(..., C)`
+    logits as they are, groups broadcast to features; features in tiles of 128 lanes (or
+    all), logits in the same tiles or one lane."""
+    if logits.shape[-1] not in (1, c):
+        logits = jnp.repeat(logits, c // logits.shape[-1], axis=-1)
+    ct = _channel_tile(c)
+    return logits, ct, ct if logits.shape[-1] == c else 1
 
 
 def forward(x, logits, geometry, interpret, residuals: bool):
@@ -164,9 +167,7 @@ def forward(x, logits, geometry, interpret, residuals: bool):
     log_total))` for `backward`."""
     n, h, w, c = x.shape
     plan = _plan(geometry, h, w)
-    logits = _logits_per_lane(logits, c)
-    ct, cl = _channel_tile(c), logits.shape[-1]
-    ctl = ct if cl == c else 1
+    logits, ct, ctl = _lanes(logits, c)
     per_row = 4 * plan.sh * plan.sw * plan.wq * (ct + ctl) * 3 + 4 * plan.wo * ct * 6
     rows = _band_rows(per_row, plan.ho)
     grid = (n, c // ct, pl.cdiv(plan.ho, rows))
@@ -229,8 +230,7 @@ def backward(x, logits, y, stats, g, geometry, interpret):
     """(dx, d logits per feature), both `(N, H, W, C)` float32."""
     n, h, w, c = x.shape
     plan = _plan(geometry, h, w)
-    logits = _logits_per_lane(logits, c)
-    ct, ctl = _channel_tile(c), (_channel_tile(c) if logits.shape[-1] == c else 1)
+    logits, ct, ctl = _lanes(logits, c)
     per_row = (4 * plan.sh * plan.sw * plan.wq * (ct * 3 + ctl) * 2
                + 4 * (plan.wo + 2 * plan.vb) * ct * 4 * 3)
     rows = _band_rows(per_row, plan.hq)
