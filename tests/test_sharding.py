@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+import lip_jax
 from lip_jax import ops
 
 P1 = ((1, 1), (1, 1))
@@ -111,3 +112,30 @@ def test_a_lip_model_train_step_adds_no_all_gather():
     lip, baseline = counts("lip_cnn"), counts("cnn")
     assert lip["all-gather"] == baseline["all-gather"] == 0
     assert lip["collective-permute"] == lip["all-to-all"] == 0
+
+
+OTHER_POOLINGS = {
+    "average_pool": lambda x, l: lip_jax.average_pool(x, (3, 3), (2, 2), P1,
+                                                      count_include_pad=True, ceil_mode=True),
+    "lan_pool": lambda x, l: lip_jax.lan_pool(x, jnp.exp(l), (3, 3), (2, 2), P1),
+    "blur_pool": lambda x, l: lip_jax.blur_pool(x, (3, 3), (2, 2), P1, padding_mode="reflect"),
+    "dpp_pool": lambda x, l: lip_jax.dpp_pool(x, 1.0, 1.0, (3, 3), (2, 2), P1),
+    "soft_pool": lambda x, l: lip_jax.soft_pool(x, (3, 3), (2, 2), P1),
+    "window_share": lambda x, l: lip_jax.window_share(l, (3, 3), (2, 2), P1),
+    "global_lip_pool": lip_jax.global_lip_pool,
+    "adaptive_lip_pool": lambda x, l: lip_jax.adaptive_lip_pool(x, l, 3),
+}
+
+
+@pytest.mark.parametrize("name", list(OTHER_POOLINGS))
+def test_every_other_pooling_of_a_sharded_batch_has_no_collective(name):
+    mesh = jax.make_mesh((8,), ("data",))
+    x, logits, _ = _inputs(1.0)
+    args = [jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x, logits)]
+
+    def run(x, l):
+        y, vjp = jax.vjp(OTHER_POOLINGS[name], x, l)
+        return (y, *vjp(y))
+
+    hlo = jax.jit(run).lower(*args).compile().as_text()
+    assert not [c for c in COLLECTIVES if c in hlo]
