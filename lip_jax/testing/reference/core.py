@@ -1,5 +1,6 @@
 """What every reference op shares: float64 arrays, broadcast logits and their gradient,
-the registry of VJPs, and the softmax-weighted mean over explicit regions."""
+the registry of VJPs, and the weighted (or softmax-weighted) mean over explicit regions
+of pixels with its pullback."""
 
 from __future__ import annotations
 

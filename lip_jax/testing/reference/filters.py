@@ -1,7 +1,8 @@
 """Poolings whose weights depend on the window, not only the pixel, in float64, as
 `lip_jax`'s ops: average pooling (which may count the padding), BlurPool (binomial
 weights, PyTorch's padding modes) and detail-preserving pooling (weights from each
-pixel's deviation from its window's mean)."""
+pixel's deviation from its window's mean). Inputs `(*batch, *spatial, C)` give
+`(*batch, *pooled_spatial, C)` float64."""
 
 from __future__ import annotations
 

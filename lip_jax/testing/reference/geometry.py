@@ -20,7 +20,7 @@ class Taps(NamedTuple):
     """The pixels of one window: `out` its output index, and per tap (`T` of them,
     row-major over the window) its `offset` in the window `(T, n)`, its image
     coordinate `coord` `(T, n)`, whether it is `inside` the image and whether it is
-    `padded` (inside the padding, in the image or not; False only beyond it)."""
+    `padded`, within the padded input (False only beyond the padding)."""
 
     out: tuple[int, ...]
     offset: np.ndarray
@@ -28,10 +28,9 @@ class Taps(NamedTuple):
     inside: np.ndarray
     padded: np.ndarray
 
-    def image_index(self, mask=None) -> tuple[np.ndarray, ...]:
-        """Index arrays (one per spatial dim) of the taps in the image (or in `mask`)."""
-        mask = self.inside if mask is None else mask
-        return tuple(self.coord[mask].T)
+    def image_index(self) -> tuple[np.ndarray, ...]:
+        """Index arrays (one per spatial dim) of the taps in the image."""
+        return tuple(self.coord[self.inside].T)
 
 
 def _ints(name: str, value, n: int) -> tuple[int, ...]:
@@ -87,10 +86,10 @@ class Windows(NamedTuple):
     taps: list[Taps]
 
 
-def windows(input_shape, window_shape, strides=None, padding="VALID", ceil_mode=False,
-            feature_ndim: int = 1) -> Windows:
-    """Every window of a pooling over `(*batch, *spatial, *features)` inputs (the
-    `len(window_shape)` dims before the last `feature_ndim` are spatial).
+def windows(input_shape, window_shape, strides=None, padding="VALID",
+            ceil_mode=False) -> Windows:
+    """Every window of a pooling over `(*batch, *spatial, features)` inputs (the
+    `len(window_shape)` dims before the last are spatial).
 
     Raises TypeError for non-int geometry or a non-bool `ceil_mode`, ValueError for a
     geometry with no window or with a window that holds no pixel of the image (checked
@@ -99,15 +98,14 @@ def windows(input_shape, window_shape, strides=None, padding="VALID", ceil_mode=
     if not isinstance(window_shape, Sequence):
         raise TypeError(f"window_shape must be a sequence of ints, got {window_shape!r}")
     n = len(window_shape)
-    if len(input_shape) < n + feature_ndim:
+    if len(input_shape) < n + 1:
         raise ValueError(f"inputs of shape {tuple(input_shape)} have rank {len(input_shape)}; "
                          f"a {n}-D window needs (*batch, {n} spatial dims, features)")
     window_shape = _ints("window_shape", window_shape, n)
     strides = (1,) * n if strides is None else _ints("strides", strides, n)
     if not isinstance(ceil_mode, (bool, np.bool_)):
         raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
-    lead = len(input_shape) - n - feature_ndim
-    spatial = tuple(input_shape[lead:lead + n])
+    spatial = tuple(input_shape[len(input_shape) - n - 1:-1])
     pads = explicit_padding(spatial, window_shape, strides, padding)
     for axis, (size, k, s, (lo, hi)) in enumerate(zip(spatial, window_shape, strides, pads)):
         starts = [o * s - lo for o in range(output_size(size, k, s, lo, hi))]

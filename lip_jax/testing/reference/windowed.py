@@ -1,6 +1,7 @@
 """LAN pooling and its special cases over local windows, as `lip_jax`'s ops (same
 names, arguments and defaults), in float64: each window's output is the weighted mean of
-its in-image pixels (padding weighs 0)."""
+its in-image pixels (padding weighs 0). Inputs `(*batch, *spatial, C)` give
+`(*batch, *pooled_spatial, C)` float64."""
 
 from __future__ import annotations
 
