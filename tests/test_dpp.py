@@ -1,4 +1,5 @@
-"""Detail-preserving pooling against a direct NumPy statement of the DPP paper's formula."""
+"""Detail-preserving pooling against a direct NumPy statement of the DPP paper's formula
+(`lip_jax.testing.reference.dpp_pool`)."""
 
 import itertools
 
@@ -11,35 +12,10 @@ from jax.test_util import check_grads
 
 from lip_jax import average_pool, blur_pool, dpp_pool
 from lip_jax import linen as L, nnx as N
+from lip_jax.testing import reference
 
 GEOMETRIES = [((3, 3), (2, 2), ((1, 1), (1, 1))), ((2, 2), (2, 2), "VALID"),
               ((3, 2), (1, 2), ((0, 1), (1, 0)))]
-
-
-def numpy_dpp(x, alpha, lam, window, strides, pads, asymmetric, eps=1e-3):
-    """Saeedan et al. (CVPR 2018), Eqs. 4-7, Lite-DPP: for each output p,
-    I~[p] = mean of the window's in-image pixels, w[p, q] = alpha + rho(I[q] - I~[p]),
-    rho_sym(d) = sqrt(d^2 + eps^2)^lambda, rho_asym(d) = sqrt(max(0, d)^2 + eps^2)^lambda,
-    out[p] = sum_q w[p, q] I[q] / sum_q w[p, q]."""
-    n, h, wd, c = x.shape
-    (kh, kw), (sh, sw), ((ph, _), (pw, _)) = window, strides, pads
-    oh = (h + sum(pads[0]) - kh) // sh + 1
-    ow = (wd + sum(pads[1]) - kw) // sw + 1
-    out = np.zeros((n, oh, ow, c))
-    for b, i, j, ch in itertools.product(range(n), range(oh), range(ow), range(c)):
-        rows = range(max(i * sh - ph, 0), min(i * sh - ph + kh, h))
-        cols = range(max(j * sw - pw, 0), min(j * sw - pw + kw, wd))
-        values = np.array([x[b, r, s, ch] for r in rows for s in cols], np.float64)
-        d = values - values.mean()
-        if asymmetric:
-            d = np.maximum(d, 0)
-        w = alpha[ch] + np.sqrt(d ** 2 + eps ** 2) ** lam[ch]
-        out[b, i, j, ch] = np.sum(w * values) / np.sum(w)
-    return out
-
-
-def explicit_pads(padding):
-    return ((0, 0), (0, 0)) if padding == "VALID" else padding
 
 
 @pytest.mark.parametrize("asymmetric", [False, True], ids=["symmetric", "asymmetric"])
@@ -49,8 +25,7 @@ def test_dpp_equals_the_papers_formula(window, strides, padding, asymmetric):
     x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
     alpha, lam = rng.uniform(0.1, 2, 3), rng.uniform(0.3, 3, 3)
     out = dpp_pool(x, alpha, lam, window, strides, padding, asymmetric=asymmetric)
-    expected = numpy_dpp(x, alpha, lam, window, strides,
-                         explicit_pads(padding), asymmetric)
+    expected = reference.dpp_pool(x, alpha, lam, window, strides, padding, asymmetric)
     np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-6)
 
 

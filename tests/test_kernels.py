@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lip_jax import ops, pallas_tpu
-from reference import lip_reference
+from lip_jax.testing import reference
 
 P1 = ((1, 1), (1, 1))
 KERNELS = ["pallas_gpu", "pallas_tpu"]
@@ -60,7 +60,7 @@ def test_kernel_broadcast_logits_and_batch_dims(kernel):
     no_batch = _randn(2, (5, 6, 4))
     np.testing.assert_allclose(
         ops.lip_pool(no_batch, no_batch, (3, 3), (2, 2), P1, implementation=kernel),
-        lip_reference(no_batch, no_batch, (3, 3), (2, 2), P1), rtol=1e-5, atol=1e-6)
+        reference.lip_pool(no_batch, no_batch, (3, 3), (2, 2), P1), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -73,7 +73,7 @@ def test_kernel_bfloat16_accumulates_in_float32(kernel):
         assert a.dtype == jnp.bfloat16
         np.testing.assert_allclose(a.astype(jnp.float32), b.astype(jnp.float32), rtol=2e-2,
                                    atol=2e-2)
-    exact = lip_reference(x16.astype(jnp.float32), l16.astype(jnp.float32), (3, 3), (2, 2), P1)
+    exact = reference.lip_pool(x16.astype(jnp.float32), l16.astype(jnp.float32), (3, 3), (2, 2), P1)
     np.testing.assert_allclose(ours[0].astype(jnp.float32), exact, rtol=1e-2, atol=1e-2)
 
 
@@ -83,7 +83,7 @@ def test_logits_spanning_200_are_exact_and_nan_stays_in_its_windows(implementati
     logits = 100 * jnp.tanh(_randn(1, (1, 7, 7, 2)))
     logits = logits.at[0, 0, 0, 0].set(100.0).at[0, 6, 6, 0].set(-100.0)
     y, dx, dl = _value_and_grads(implementation, x, logits, ((3, 3), (2, 2), P1))
-    np.testing.assert_allclose(y, lip_reference(x, logits, (3, 3), (2, 2), P1), rtol=1e-5,
+    np.testing.assert_allclose(y, reference.lip_pool(x, logits, (3, 3), (2, 2), P1), rtol=1e-5,
                                atol=1e-5)
     assert bool(jnp.all(jnp.isfinite(dx))) and bool(jnp.all(jnp.isfinite(dl)))
     poisoned = ops.lip_pool(x, logits.at[0, 3, 3, 0].set(jnp.nan), (3, 3), (2, 2), P1,

@@ -8,7 +8,7 @@ import pytest
 from jax import lax
 
 from lip_jax import ops
-from reference import lip_reference, share_reference
+from lip_jax.testing import reference
 
 P1 = ((1, 1), (1, 1))
 
@@ -35,7 +35,7 @@ def naive_lip(x, logits, window_shape, strides, padding):
 def test_matches_numpy_reference(shape, window, strides, padding):
     x, logits = _randn(0, shape), 3 * _randn(1, shape)
     out = ops.lip_pool(x, logits, window, strides, padding)
-    np.testing.assert_allclose(out, lip_reference(x, logits, window, strides, padding),
+    np.testing.assert_allclose(out, reference.lip_pool(x, logits, window, strides, padding),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -44,7 +44,7 @@ def test_shared_and_grouped_logits(logit_features):
     x, logits = _randn(0, (2, 7, 7, 6)), _randn(1, (2, 7, 7, logit_features))
     expanded = jnp.repeat(logits, 6 // logit_features, axis=-1)
     np.testing.assert_allclose(ops.lip_pool(x, logits, (3, 3), (2, 2), P1),
-                               lip_reference(x, expanded, (3, 3), (2, 2), P1), rtol=1e-5,
+                               reference.lip_pool(x, expanded, (3, 3), (2, 2), P1), rtol=1e-5,
                                atol=1e-6)
     grad = jax.grad(lambda l: jnp.sum(ops.lip_pool(x, l, (3, 3), (2, 2), P1) ** 2))
     np.testing.assert_allclose(
@@ -91,7 +91,7 @@ class JitVariantsTest(chex.TestCase):
 
         value, grads = self.variant(jax.value_and_grad(loss(ops.lip_pool), (0, 1)))(x, logits)
         np.testing.assert_allclose(value, np.sum(np.sin(
-            lip_reference(x, logits, (5, 5), (3, 3), "SAME"))), rtol=1e-5)
+            reference.lip_pool(x, logits, (5, 5), (3, 3), "SAME"))), rtol=1e-5)
         chex.assert_trees_all_close(grads, jax.grad(loss(naive_lip), (0, 1))(x, logits),
                                     rtol=1e-4, atol=1e-6)
 
@@ -128,7 +128,7 @@ def test_lan_pool_with_uniform_and_positional_weights():
     x = _randn(0, (2, 9, 8, 3))
     np.testing.assert_allclose(
         ops.lan_pool(x, jnp.ones(()), (3, 3), (2, 2), P1),
-        jax.numpy.asarray(lip_reference(x, 0.0, (3, 3), (2, 2), P1)), rtol=1e-5, atol=1e-6)
+        jax.numpy.asarray(reference.lip_pool(x, 0.0, (3, 3), (2, 2), P1)), rtol=1e-5, atol=1e-6)
     one_hot = jnp.zeros((3, 2)).at[0, 0].set(1.0)
     weights = ops.periodic_weights(one_hot, (9, 8))
     np.testing.assert_array_equal(ops.lan_pool(x, weights, (3, 2), (3, 2)), x[:, ::3, ::2])
@@ -220,7 +220,7 @@ def test_wide_logit_range_is_exact_with_finite_gradients():
     x, logits = _randn(0, (2, 7, 8, 3)), 50 * _randn(1, (2, 7, 8, 3))
     assert float(logits.max() - logits.min()) > 200
     np.testing.assert_allclose(ops.lip_pool(x, logits, (3, 3), (2, 2), P1),
-                               lip_reference(x, logits, (3, 3), (2, 2), P1), rtol=1e-5,
+                               reference.lip_pool(x, logits, (3, 3), (2, 2), P1), rtol=1e-5,
                                atol=1e-5)
     with jax.enable_x64(True):  # float64 autodiff of the naive formula is exact here
         x64, l64 = (np.asarray(a, np.float64) for a in (x, logits))
@@ -298,5 +298,5 @@ def test_window_share_matches_numpy_reference(shape, window, strides, padding, s
     logits = scale * _randn(0, shape)
     share = ops.window_share(logits, window, strides, padding)
     assert share.shape == shape and bool(jnp.all(jnp.isfinite(share)))
-    np.testing.assert_allclose(share, share_reference(logits, window, strides, padding),
+    np.testing.assert_allclose(share, reference.window_share(logits, window, strides, padding),
                                rtol=1e-5, atol=1e-6)
