@@ -1,4 +1,4 @@
-"""A slow, obviously-correct float64 NumPy reference for LAN/LIP pooling."""
+"""Slow, obviously-correct float64 NumPy references: LAN/LIP pooling, RoIAlign."""
 
 import numpy as np
 from jax import lax
@@ -56,3 +56,34 @@ def share_reference(logits, window, strides, padding="VALID"):
         total[region] += _softmax(logits[region], axes)
         count[region] += 1
     return np.where(count > 0, total / np.maximum(count, 1), 0)
+
+
+def roi_align_numpy(features, boxes, output_size, spatial_scale, sampling_ratio, aligned,
+                    cotangent):
+    """torchvision's RoIAlign (CPU kernel) stated directly, NHWC: `(output, VJP of
+    `cotangent` w.r.t. features)`, for `sampling_ratio >= 1`."""
+    _, height, width, channels = features.shape
+    out = np.zeros((len(boxes), *output_size, channels))
+    grad = np.zeros(features.shape)
+    offset = 0.5 if aligned else 0.0
+    for k, (b, x1, y1, x2, y2) in enumerate(boxes.astype(np.float64)):
+        x1, y1, x2, y2 = (v * spatial_scale - offset for v in (x1, y1, x2, y2))
+        roi_w, roi_h = x2 - x1, y2 - y1
+        if not aligned:
+            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+        bin_h, bin_w = roi_h / output_size[0], roi_w / output_size[1]
+        for ph, pw, iy, ix in np.ndindex(*output_size, sampling_ratio, sampling_ratio):
+            y = y1 + ph * bin_h + (iy + 0.5) * bin_h / sampling_ratio
+            x = x1 + pw * bin_w + (ix + 0.5) * bin_w / sampling_ratio
+            if y < -1.0 or y > height or x < -1.0 or x > width:
+                continue
+            y, x = max(y, 0.0), max(x, 0.0)
+            y0, x0 = min(int(y), height - 1), min(int(x), width - 1)
+            y1_, x1_ = min(y0 + 1, height - 1), min(x0 + 1, width - 1)
+            ly, lx = (y - y0 if y0 < height - 1 else 0.0), (x - x0 if x0 < width - 1 else 0.0)
+            share = 1.0 / sampling_ratio ** 2
+            for yy, xx, weight in ((y0, x0, (1 - ly) * (1 - lx)), (y0, x1_, (1 - ly) * lx),
+                                   (y1_, x0, ly * (1 - lx)), (y1_, x1_, ly * lx)):
+                out[k, ph, pw] += share * weight * features[int(b), yy, xx]
+                grad[int(b), yy, xx] += share * weight * cotangent[k, ph, pw]
+    return out, grad

@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 
 from lip_jax import adaptive_lip_pool, global_lip_pool, roi_lip_pool
 from lip_jax import linen as L, nnx as N
+from reference import roi_align_numpy
 
 torch = pytest.importorskip("torch")
 try:  # torchvision's wheels need the matching torch build (CUDA or CPU); the tests
@@ -56,37 +57,6 @@ def test_adaptive_lip_pool_large_beta_is_torch_adaptive_max_pool():
     gaps = [float(jnp.max(expected - adaptive_lip_pool(X, beta * X, (3, 4))))
             for beta in (1.0, 10.0, 100.0)]
     assert gaps[0] > gaps[1] > gaps[2] >= 0 and gaps[2] < 0.05
-
-
-def roi_align_numpy(features, boxes, output_size, spatial_scale, sampling_ratio, aligned,
-                    cotangent):
-    """torchvision's RoIAlign (CPU kernel) stated directly, NHWC: `(output, VJP of
-    `cotangent` w.r.t. features)`, for `sampling_ratio >= 1`."""
-    _, height, width, channels = features.shape
-    out = np.zeros((len(boxes), *output_size, channels))
-    grad = np.zeros(features.shape)
-    offset = 0.5 if aligned else 0.0
-    for k, (b, x1, y1, x2, y2) in enumerate(boxes.astype(np.float64)):
-        x1, y1, x2, y2 = (v * spatial_scale - offset for v in (x1, y1, x2, y2))
-        roi_w, roi_h = x2 - x1, y2 - y1
-        if not aligned:
-            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
-        bin_h, bin_w = roi_h / output_size[0], roi_w / output_size[1]
-        for ph, pw, iy, ix in np.ndindex(*output_size, sampling_ratio, sampling_ratio):
-            y = y1 + ph * bin_h + (iy + 0.5) * bin_h / sampling_ratio
-            x = x1 + pw * bin_w + (ix + 0.5) * bin_w / sampling_ratio
-            if y < -1.0 or y > height or x < -1.0 or x > width:
-                continue
-            y, x = max(y, 0.0), max(x, 0.0)
-            y0, x0 = min(int(y), height - 1), min(int(x), width - 1)
-            y1_, x1_ = min(y0 + 1, height - 1), min(x0 + 1, width - 1)
-            ly, lx = (y - y0 if y0 < height - 1 else 0.0), (x - x0 if x0 < width - 1 else 0.0)
-            share = 1.0 / sampling_ratio ** 2
-            for yy, xx, weight in ((y0, x0, (1 - ly) * (1 - lx)), (y0, x1_, (1 - ly) * lx),
-                                   (y1_, x0, ly * (1 - lx)), (y1_, x1_, ly * lx)):
-                out[k, ph, pw] += share * weight * features[int(b), yy, xx]
-                grad[int(b), yy, xx] += share * weight * cotangent[k, ph, pw]
-    return out, grad
 
 
 @pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "not-aligned"])
