@@ -192,7 +192,7 @@ def examples_figure(val, results, path: Path, images: int = 6, min_score: float 
                     scale: int = 2) -> None:
     """The first validation images with ground truth (green) and one run's detections
     scoring at least `min_score` (red, with class and score)."""
-    tile = detection_shapes.IMAGE_SIZE * scale
+    tile, images = detection_shapes.IMAGE_SIZE * scale, min(images, len(val["image"]))
     image = Image.new("RGB", (images * (tile + 4), tile + 4), "white")
     draw = ImageDraw.Draw(image)
     for i in range(images):

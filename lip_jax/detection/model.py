@@ -3,10 +3,11 @@
 `FasterRCNN(backbone, num_classes, roi_pool="align" | "lip")`: `backbone` is a
 `features_only` model (`create_model(name, pool=..., features_only=True)`: strides 4-32,
 "C2".."C5"); an `FPN` makes P2-P5; the `RPNHead` scores anchors on every level; the best
-proposals after NMS are pooled from their level (`roi_head.pool_rois`) and classified by a
-`BoxHead`. With `roi_pool="lip"` a `ProjectionLogit` (1x1 conv -> InstanceNorm ->
-12 sigmoid, shared by the levels, zero-initialised so that it starts as RoIAlign) gives
-each level's per-channel logits.
+proposals after NMS are pooled from one of `roi_levels` chosen by FPN's rule
+(`roi_head.pool_rois`) and classified by a `BoxHead`. With `roi_pool="lip"` a
+`ProjectionLogit` (1x1 conv -> InstanceNorm -> 12 sigmoid, shared by the levels) gives each
+level's per-channel logits; zero-initialised, its logits are constant, so RoI-LIP starts as
+RoIAlign (but for samples outside the map, which read logit 0: e^-6 of the weight).
 
     model.init({"params": k, "sample": k2}, images, boxes, labels, method=model.losses)
     losses, updates = model.apply(variables, images, boxes, labels, rngs={"sample": k},
@@ -74,7 +75,8 @@ class FasterRCNN(nn.Module):
         self.roi_logit = ProjectionLogit() if self.roi_pool == "lip" else None
 
     def _first_stage(self, images, train: bool):
-        """Pyramid, anchors `(A, 4)` and proposals `(N, P, 4)` with validity `(N, P)`."""
+        """Pyramid, anchors `(A, 4)`, RPN logits `(N, A)` and deltas `(N, A, 4)`, proposals
+        `(N, P, 4)` and their validity `(N, P)`."""
         pyramid = self.fpn(self.backbone(images, train=train))
         levels = [pyramid[k] for k in sorted(pyramid)]
         logits, deltas = self.rpn_head(levels)
