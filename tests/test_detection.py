@@ -74,7 +74,8 @@ def test_batched_nms_never_suppresses_across_classes():
 
 
 def test_anchors_tile_each_level_at_cell_centres():
-    anchors = pyramid_anchors((64, 32), (4, 8), ((8.0,), (16.0, 32.0)), (0.5, 1.0, 2.0))
+    anchors = pyramid_anchors([(16, 8), (8, 4)], (4, 8), ((8.0,), (16.0, 32.0)),
+                              (0.5, 1.0, 2.0))
     assert anchors.shape == (16 * 8 * 3 + 8 * 4 * 6, 4)
     first = anchors[:3]  # cell (0, 0) of the stride-4 level
     np.testing.assert_allclose((first[:, :2] + first[:, 2:]) / 2, 2.0)

@@ -19,12 +19,11 @@ def level_anchors(height: int, width: int, stride: int, sizes: Sequence[float],
     return (centres + half[None]).reshape(-1, 4).astype(np.float32)
 
 
-def pyramid_anchors(image_size: tuple[int, int], strides: Sequence[int],
+def pyramid_anchors(map_sizes: Sequence[tuple[int, int]], strides: Sequence[int],
                     sizes: Sequence[Sequence[float]],
                     aspect_ratios: Sequence[float]) -> np.ndarray:
-    """Every level's `level_anchors` (map sizes `ceil(image / stride)`), concatenated in
-    level order: `(sum over levels of H_l * W_l * A, 4)`."""
-    height, width = image_size
+    """Every level's `level_anchors` (level l: a map of `map_sizes[l]`, `strides[l]` pixels
+    per cell, `sizes[l]`), concatenated in level order: `(sum_l H_l * W_l * A, 4)`."""
     return np.concatenate([
-        level_anchors(-(-height // s), -(-width // s), s, level_sizes, aspect_ratios)
-        for s, level_sizes in zip(strides, sizes)])
+        level_anchors(height, width, stride, level_sizes, aspect_ratios)
+        for (height, width), stride, level_sizes in zip(map_sizes, strides, sizes)])

@@ -78,12 +78,12 @@ class FasterRCNN(nn.Module):
         """Pyramid, anchors `(A, 4)`, RPN logits `(N, A)` and deltas `(N, A, 4)`, proposals
         `(N, P, 4)` and their validity `(N, P)`."""
         pyramid = self.fpn(self.backbone(images, train=train))
-        levels = [pyramid[k] for k in sorted(pyramid)]
-        logits, deltas = self.rpn_head(levels)
+        names = sorted(pyramid)  # P2 .. P5: level l has stride 2**l
+        logits, deltas = self.rpn_head([pyramid[k] for k in names])
+        anchors = jnp.asarray(pyramid_anchors(
+            [pyramid[k].shape[1:3] for k in names], [2 ** int(k[1:]) for k in names],
+            self.anchor_sizes, self.aspect_ratios))
         image_size = images.shape[1:3]
-        strides = [image_size[0] // p.shape[1] for p in levels]
-        anchors = jnp.asarray(pyramid_anchors(image_size, strides, self.anchor_sizes,
-                                              self.aspect_ratios))
         proposals, valid = jax.vmap(lambda l, d: rpn.propose(
             anchors, l, d, image_size, pre_nms=min(self.pre_nms, anchors.shape[0]),
             post_nms=self.proposals[0 if train else 1], iou_threshold=self.rpn_nms_iou))(
