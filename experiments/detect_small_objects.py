@@ -104,7 +104,8 @@ def train_and_evaluate(args, backbone_pool, roi_pool, seed, train, val, gt):
         state, metrics = step(state, batch(s), jax.random.fold_in(sample_key, s))
         window.append(metrics)
         if (s + 1) % LOG_EVERY == 0 or s + 1 == args.steps:
-            mean = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
+            window = jax.device_get(window)
+            mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
             if not np.isfinite(mean["loss"]):
                 raise FloatingPointError(f"non-finite loss at step {s + 1}: {mean}")
             losses.append(dict(step=s + 1, **{k: round(v, 4) for k, v in mean.items()}))
@@ -144,8 +145,8 @@ def summarize(runs) -> list[dict]:
 def markdown(rows) -> str:
     pm = lambda m: f"{100 * m[0]:.1f} ± {100 * m[1]:.1f}" if m[1] is not None else \
         f"{100 * m[0]:.1f}"
-    lines = ["| backbone pool | RoI pool | AP | AP50 | AP75 | AP_S | AP_M | seeds | CPU min/run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| backbone pool | RoI pool | AP | AP50 | AP75 | AP_S | AP_M | seeds | CPU min/run"
+             " |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['backbone_pool']} | {r['roi_pool']} | " + " | ".join(
             pm(r[k]) for k in ("AP", "AP50", "AP75", "AP_S", "AP_M"))
@@ -176,7 +177,8 @@ def bar_chart(rows, runs, path: Path) -> None:
             a = x0 + i * bar
             draw.rectangle((a + 2, y(r[name][0]), a + bar - 2, y(0)), fill=colors[i % 4])
             for run in runs:
-                if (run["backbone_pool"], run["roi_pool"]) == (r["backbone_pool"], r["roi_pool"]):
+                if run["backbone_pool"] == r["backbone_pool"] and run["roi_pool"] == r[
+                        "roi_pool"]:
                     v = run["metrics"][name]
                     draw.line((a + bar / 2 - 5, y(v), a + bar / 2 + 5, y(v)), fill="black",
                               width=2)

@@ -139,7 +139,7 @@ def test_evaluation_of_a_hand_made_case_equals_pycocotools_on_files(tmp_path):
     pycocotools = pytest.importorskip("pycocotools.coco")
     from pycocotools.cocoeval import COCOeval
 
-    gt = {"images": [{"id": 0, "width": 64, "height": 64}, {"id": 1, "width": 64, "height": 64}],
+    gt = {"images": [{"id": i, "width": 64, "height": 64} for i in (0, 1)],
           "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
           "annotations": [
               {"id": 1, "image_id": 0, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100,

@@ -33,8 +33,8 @@ DISTRACTORS = (4, 10)  # clutter fragments per image, [low, high)
 PLACEMENT_TRIES = 50  # an object that finds no free place in this many draws is dropped
 MEAN, STD = (127.5,), (50.6,)  # pixel statistics of the images (measured on 300)
 
-__all__ = ["CLASSES", "IMAGE_SIZE", "MAX_OBJECTS", "MEAN", "SPLITS", "STD", "coco_ground_truth", "example",
-           "load"]
+__all__ = ["CLASSES", "IMAGE_SIZE", "MAX_OBJECTS", "MEAN", "SPLITS", "STD",
+           "coco_ground_truth", "example", "load"]
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -131,9 +131,10 @@ def coco_ground_truth(split: str = "val", seed: int = 0, count: int | None = Non
                        "file_name": f"{split}/{i}.png"})
         for (x1, y1, x2, y2), label in zip(boxes[labels > 0], labels[labels > 0]):
             w, h = float(x2 - x1), float(y2 - y1)
+            bbox = [float(x1), float(y1), w, h]
             annotations.append({"id": len(annotations) + 1, "image_id": i,
-                                "category_id": int(label), "bbox": [float(x1), float(y1), w, h],
-                                "area": w * h, "iscrowd": 0})
+                                "category_id": int(label), "bbox": bbox, "area": w * h,
+                                "iscrowd": 0})
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(CLASSES)]
     return {"info": {"description": f"detection_shapes {split}, seed {seed}"},
             "images": images, "annotations": annotations, "categories": categories}

@@ -27,7 +27,8 @@ class RPNHead(nn.Module):
         init = nn.initializers.normal(0.01)
         conv = nn.Conv(levels[0].shape[-1], (3, 3), padding=((1, 1), (1, 1)),
                        kernel_init=init, name="conv")
-        objectness = nn.Conv(self.anchors_per_cell, (1, 1), kernel_init=init, name="objectness")
+        objectness = nn.Conv(self.anchors_per_cell, (1, 1), kernel_init=init,
+                             name="objectness")
         deltas = nn.Conv(4 * self.anchors_per_cell, (1, 1), kernel_init=init, name="deltas")
         logits, boxes = [], []
         for p in levels:
