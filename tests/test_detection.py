@@ -112,7 +112,7 @@ def test_align_pooling_is_roi_align_on_each_rois_level():
                for l in (2, 3, 4)}
     rois = np.array([[0, 3.0, 5.0, 13.0, 11.0],   # sqrt(area) 7.7 -> P2
                      [1, 10.0, 2.0, 42.0, 34.0],  # 32 -> P3
-                     [0, 20.0, 20.0, 70.0, 90.0],  # 59 -> P3, beyond the image
+                     [0, 20.0, 30.0, 70.0, 76.0],  # 48 -> P3, beyond the image
                      [1, -8.0, 0.0, 60.0, 60.0],  # 63.9 -> P3
                      [1, 0.0, 0.0, 64.0, 64.0]],  # 64 -> P4
                     np.float32)
@@ -130,6 +130,14 @@ def test_align_pooling_is_roi_align_on_each_rois_level():
         expected_grads[f"P{level}"] += grad
     for key, grad in expected_grads.items():
         np.testing.assert_allclose(grads[key], grad, rtol=1e-5, atol=1e-6)
+    # Constant logits (a zero-initialised RoI-LIP head) pool as RoIAlign but for samples
+    # outside the map, which read logit 0: RoI 2 reaches beyond the image.
+    constant = {k: np.full(v.shape[:-1] + (1,), 6.0, np.float32) for k, v in pyramid.items()}
+    lip = pool_rois(pyramid, constant, rois, (3, 3), sampling_ratio=2, canonical_size=64.0,
+                    canonical_level=4)
+    inside = np.array([0, 1, 4])
+    np.testing.assert_allclose(lip[inside], out[inside], rtol=1e-5, atol=1e-6)
+    assert np.abs(lip[2] - out[2]).max() > 1e-2
 
 
 def test_evaluation_of_a_hand_made_case_equals_pycocotools_on_files(tmp_path):
