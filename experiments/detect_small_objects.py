@@ -154,6 +154,28 @@ def markdown(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_markdown(runs, metrics=("AP", "AP50", "AP_S", "AP_M")) -> str:
+    """Per configuration, the difference to strided/align of the same seed (same data
+    order and samples), mean ± std over seeds, and on how many seeds it is positive."""
+    base = {r["seed"]: r["metrics"] for r in runs
+            if (r["backbone_pool"], r["roi_pool"]) == ("strided", "align")}
+    lines = ["| backbone pool | RoI pool | " + " | ".join(f"Δ{m}" for m in metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
+    for bp in BACKBONE_POOLS:
+        for rp in ROI_POOLS:
+            rs = [r for r in runs if (r["backbone_pool"], r["roi_pool"]) == (bp, rp)
+                  and r["seed"] in base and (bp, rp) != ("strided", "align")]
+            if not rs:
+                continue
+            cells = []
+            for m in metrics:
+                d = 100 * np.array([r["metrics"][m] - base[r["seed"]][m] for r in rs])
+                spread = f" ± {d.std(ddof=1):.1f}" if len(d) > 1 else ""
+                cells.append(f"{d.mean():+.1f}{spread} ({(d > 0).sum()}/{len(d)} up)")
+            lines.append(f"| {bp} | {rp} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def bar_chart(rows, runs, path: Path) -> None:
     """AP, AP50, AP_S, AP_M per configuration: bars at the mean over seeds, a black tick per
     seed."""
@@ -290,13 +312,15 @@ def main(argv=None):
         f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; "
         f"{json.dumps(versions())}.\n\nCOCO metrics x 100 on {args.val_images} validation "
         f"images, mean ± std over seeds; recipe digest {digest} (runs/*.json hold it).\n\n"
-        + markdown(rows))
+        + markdown(rows) + "\nDifference to strided/align with the same seed, points "
+        "(mean ± std over seeds; seeds on which it is positive):\n\n" + paired_markdown(runs))
     bar_chart(rows, runs, args.out / "detection.png")
     best = max(runs, key=lambda r: r["metrics"]["AP50"])
     with gzip.open(args.out / best["detections"], "rt") as f:
         examples_figure(detection_shapes.load("val", count=args.val_images), json.load(f),
                         args.out / "detection_examples.png")
     print(markdown(rows))
+    print(paired_markdown(runs))
     print(f"best run {best['name']}: AP50 {best['metrics']['AP50']:.3f}; "
           f"CPU {time.process_time() - cpu_start:.0f} s in this process")
 
