@@ -121,6 +121,25 @@ def _bilinear(maps, batch, ys, xs):
     return out
 
 
+def _valid_boxes(boxes: jax.Array, num_images: int) -> jax.Array:
+    """`(K,)` whether each row of `boxes` `(K, 5)` has an integer batch index in
+    `[0, num_images)` and finite coordinates. Concrete boxes: ValueError naming the first
+    row that has not."""
+    if not isinstance(boxes, jax.core.Tracer):
+        rows = np.asarray(boxes, np.float64)
+        index = rows[:, 0]
+        bad_index = ~((index == np.round(index)) & (index >= 0) & (index < num_images))
+        bad_coords = ~np.isfinite(rows[:, 1:]).all(axis=1)
+        for k in np.flatnonzero(bad_index | bad_coords)[:1]:
+            problem = (f"batch index {index[k]} is not an image of the features (an integer "
+                       f"in 0..{num_images - 1})" if bad_index[k]
+                       else "its coordinates must be finite")
+            raise ValueError(f"box {k} {tuple(rows[k].tolist())}: {problem}")
+    index = boxes[:, 0]
+    return ((index == jnp.round(index)) & (index >= 0) & (index < num_images)
+            & jnp.all(jnp.isfinite(boxes[:, 1:]), axis=1))
+
+
 def roi_lip_pool(features, logits, boxes, output_size: int | Sequence[int],
                  spatial_scale: float = 1.0, sampling_ratio: int = 2, aligned: bool = True):
     """RoIAlign whose bilinear samples are averaged with weights exp(logits).
@@ -139,6 +158,10 @@ def roi_lip_pool(features, logits, boxes, output_size: int | Sequence[int],
       `(K, out_h, out_w, C)` in the features' dtype. Samples outside `[-1, H] x [-1, W]`
       read 0 for features and logits (weight exp(0)), as torchvision's samples read 0, so
       zero logits equal `torchvision.ops.roi_align` with the same arguments.
+    Raises:
+      ValueError naming the first bad box when `boxes` is concrete and a row's batch index
+      is not an integer in `[0, N)` or a coordinate is NaN or infinite. Under `jax.jit`
+      (boxes not concrete) such a box's output is NaN instead, and its gradients are 0.
     """
     f = _compute(features, "features")
     if f.ndim != 4:
@@ -153,7 +176,8 @@ def roi_lip_pool(features, logits, boxes, output_size: int | Sequence[int],
                          "choice has data-dependent shapes)")
     g = int(sampling_ratio)
     l = _logits_like(f, logits)
-    b = boxes.astype(f.dtype)
+    valid = _valid_boxes(boxes, f.shape[0])
+    b = jnp.where(valid[:, None], boxes, jnp.array([0, 0, 0, 1, 1])).astype(f.dtype)
     offset = 0.5 if aligned else 0.0
     x1, y1, x2, y2 = (b[:, i] * spatial_scale - offset for i in range(1, 5))
     width, height = x2 - x1, y2 - y1
@@ -166,11 +190,12 @@ def roi_lip_pool(features, logits, boxes, output_size: int | Sequence[int],
         return start[:, None] + step * (i // g + (i % g + 0.5) / g)
 
     ys, xs = points(y1, height, out_h), points(x1, width, out_w)
-    batch = boxes[:, 0].astype(jnp.int32)
+    batch = b[:, 0].astype(jnp.int32)
     k = boxes.shape[0]
     values = _bilinear(f, batch, ys, xs).reshape(k, out_h, g, out_w, g, f.shape[-1])
     weights = _bilinear(l, batch, ys, xs).reshape(k, out_h, g, out_w, g, l.shape[-1])
     weights = jnp.exp(weights - jax.lax.stop_gradient(
         jnp.max(weights, axis=(2, 4), keepdims=True)))
     out = jnp.sum(weights * values, axis=(2, 4)) / jnp.sum(weights, axis=(2, 4))
+    out = jnp.where(valid[:, None, None, None], out, jnp.nan)
     return out.astype(jnp.asarray(features).dtype)

@@ -120,6 +120,31 @@ def test_bad_arguments_are_named():
         roi_lip_pool(FEATURES, FEATURES, BOXES, 2, sampling_ratio=0)
 
 
+@jax.jit
+def _pool_and_feature_grad(features, boxes):
+    """roi_lip_pool under jit (boxes not concrete) and the gradient of the sum of its
+    finite outputs w.r.t. the features."""
+    pool = lambda f: roi_lip_pool(f, f, boxes, 2)
+    finite_sum = lambda f: jnp.sum(jnp.nan_to_num(pool(f), nan=0.0))
+    return pool(features), jax.grad(finite_sum)(features)
+
+
+@pytest.mark.parametrize("column, value", [(0, 5.0), (0, -1.0), (0, 0.7), (0, np.nan),
+                                           (0, np.inf), (3, np.nan), (4, -np.inf)])
+def test_a_bad_box_is_named_or_gives_nan_under_jit(column, value):
+    boxes = BOXES.copy()
+    boxes[2, column] = value
+    problem = r"batch index .* 0\.\.1" if column == 0 else "its coordinates must be finite"
+    with pytest.raises(ValueError, match=rf"box 2 \(.*\): {problem}"):
+        roi_lip_pool(FEATURES, FEATURES, boxes, 2)
+    out, grad = _pool_and_feature_grad(FEATURES, boxes)
+    assert np.isnan(out[2]).all()
+    others = np.delete(boxes, 2, axis=0)
+    np.testing.assert_allclose(np.delete(out, 2, axis=0),
+                               roi_lip_pool(FEATURES, FEATURES, others, 2), atol=1e-6)
+    np.testing.assert_allclose(grad, _pool_and_feature_grad(FEATURES, others)[1], atol=1e-6)
+
+
 LAYERS = {
     "global": (lambda: L.GlobalLIP(L.ProjectionLogit(zero_init=False)),
                lambda rngs: N.GlobalLIP(N.ProjectionLogit(3, zero_init=False, rngs=rngs)),

@@ -12,11 +12,12 @@ the host-to-device copy of the next batch with the current step.
 from collections.abc import Iterator
 from typing import Protocol
 
-from lip_jax.data import fashion_mnist, imagenet, pipeline, small_objects
+from lip_jax.data import detection_shapes, fashion_mnist, imagenet, pipeline, small_objects
 from lip_jax.data.pipeline import DatasetInfo, GrainInput, prefetch_to_device
 
 DATASETS = {"fashion_mnist": fashion_mnist, "imagenet2012": imagenet,
             "small_objects": small_objects}
+DETECTION_DATASETS = {"detection_shapes": detection_shapes}  # not for input_pipeline
 
 
 class InputPipeline(Protocol):
@@ -49,5 +50,5 @@ def input_pipeline(config) -> InputPipeline:
     return DATASETS[config.dataset].input_pipeline(config)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "GrainInput", "InputPipeline", "image_shape", "info",
-           "input_pipeline", "pipeline", "prefetch_to_device"]
+__all__ = ["DATASETS", "DETECTION_DATASETS", "DatasetInfo", "GrainInput", "InputPipeline",
+           "image_shape", "info", "input_pipeline", "pipeline", "prefetch_to_device"]
