@@ -73,7 +73,8 @@ def test_kernel_bfloat16_accumulates_in_float32(kernel):
         assert a.dtype == jnp.bfloat16
         np.testing.assert_allclose(a.astype(jnp.float32), b.astype(jnp.float32), rtol=2e-2,
                                    atol=2e-2)
-    exact = reference.lip_pool(x16.astype(jnp.float32), l16.astype(jnp.float32), (3, 3), (2, 2), P1)
+    exact = reference.lip_pool(x16.astype(jnp.float32), l16.astype(jnp.float32), (3, 3),
+                               (2, 2), P1)
     np.testing.assert_allclose(ours[0].astype(jnp.float32), exact, rtol=1e-2, atol=1e-2)
 
 
