@@ -23,6 +23,12 @@ class InputPipeline(Protocol):
     """One dataset's training and evaluation input for this process."""
 
     num_train: int  # examples in the training split (an epoch)
+    num_eval: int  # examples in the evaluation split
+    fingerprint: str  # a short hash of what this process read: equal where the data is
+
+    def damaged_files(self) -> list[str]:
+        """The dataset's files found truncated or damaged, each with what is wrong (called
+        after reading failed, to name the file)."""
 
     def train_batches(self, start_step: int, process_index: int,
                       process_count: int) -> Iterator[dict]:

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 
 from lip_jax.data.fashion_mnist import eval_transform, train_transform
-from lip_jax.data.pipeline import DatasetInfo, GrainInput
+from lip_jax.data.pipeline import DatasetInfo, GrainInput, digest
 
 IMAGE_SIZE = 64
 CLASSES = ("disk", "square", "triangle", "plus", "ring", "bars")
@@ -133,5 +133,6 @@ def image_shape(config) -> tuple[int, int, int]:
 
 def input_pipeline(config) -> GrainInput:
     """Both splits, generated in memory (seed 0: the same images for any training seed)."""
-    return GrainInput.from_config(config, load("train"), train_transform, load("test"),
-                                  eval_transform)
+    train, test = load("train"), load("test")
+    return GrainInput.from_config(config, train, train_transform, test, eval_transform,
+                                  fingerprint=digest(train, test))
