@@ -109,7 +109,7 @@ def fingerprint(version_dir: epath.Path, reader) -> str:
     """A short hash of dataset_info.json and the shards' names and sizes."""
     h = hashlib.sha256((version_dir / "dataset_info.json").read_bytes())
     for path, _ in _shards(version_dir, reader):
-        h.update(f"{path.name} {path.stat().st_size}\n".encode())
+        h.update(f"{path.name} {path.stat().length}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -136,7 +136,7 @@ def _array_records(path: epath.Path) -> int:
 def _tfrecords(path: epath.Path) -> int | str:
     """The records of a TFRecord file, counted from their length headers (payloads are
     skipped), or "a truncated last record"."""
-    size, count = path.stat().st_size, 0
+    size, count = path.stat().length, 0
     with path.open("rb") as f:
         while header := f.read(12):  # uint64 length, uint32 CRC of the length
             end = f.tell() + int.from_bytes(header[:8], "little") + 4  # payload and its CRC
