@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 
 USER_ERROR_EXIT = 2  # as argparse's own usage errors
@@ -246,8 +247,14 @@ def _quiet_libraries(verbose: bool) -> None:
     logging.getLogger("jax").setLevel(logging.INFO if verbose else logging.WARNING)
     for library in ("absl", "orbax"):  # orbax logs ~100 lines about a failed restore
         logging.getLogger(library).setLevel(logging.INFO if verbose else logging.ERROR)
-    if not verbose:  # TensorFlow's C++ start-up notices (TFDS, tf.data, gs:// paths)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ notices
+    # Errors of libraries' background threads and callbacks (an orbax save on a full disk
+    # leaves a dozen) go to the log; the error that ends the command is the line on stderr.
+    libraries = logging.getLogger("lip_jax.libraries")
+    sys.unraisablehook = lambda u: libraries.debug("%s: %s", u.err_msg, u.exc_value)
+    threading.excepthook = lambda t: libraries.debug("thread %s: %s", t.thread, t.exc_value)
 
 
 class Terminated(BaseException):

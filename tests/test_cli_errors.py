@@ -212,6 +212,26 @@ def test_a_signal_before_training_is_one_line_and_its_status(tmp_path, signum, s
     assert not (tmp_path / "run").exists()
 
 
+SMALL_FILES = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+sys.argv[0] = "lip-jax"
+runpy.run_module("lip_jax", run_name="__main__")
+"""
+
+
+def test_a_full_disk_is_one_line(scratch, tmp_path):
+    """Files may not grow beyond 2 kB (as on a full disk): the first checkpoint fails."""
+    done = subprocess.run([sys.executable, "-c", SMALL_FILES, "train", "--workdir",
+                           str(tmp_path / "run"), f"--config.data_dir={scratch['data']}", *TINY,
+                           "--config.max_steps=2", "--config.checkpoint_every_secs=1e-9"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("lip-jax: error: saving a checkpoint in ")
+    assert done.stderr.count("\n") == 1 and "File too large" in done.stderr
+
+
 def user_error(capsys, *args) -> str:
     """Runs `lip-jax args...`, checks that it is refused with status 2 and one line, and
     returns that line."""

@@ -13,6 +13,7 @@ decision is the same on every process: process 0 lists, checks and renames, the 
 follow through the key-value store (`cluster`).
 """
 
+import contextlib
 import logging
 import re
 
@@ -211,9 +212,16 @@ class Checkpoints:
             self._manager.reload()
 
     def close(self) -> None:
-        if self._manager is not None:
+        """Waits for the save in flight (raising its error) and closes orbax's manager."""
+        if self._manager is None:
+            return
+        try:
             self.wait()
-            self._manager.close()
+        except BaseException:
+            with contextlib.suppress(Exception):  # after a failed save it fails too
+                self._manager.close()
+            raise
+        self._manager.close()
 
 
 def _damage(path: epath.Path) -> str | None:
