@@ -37,14 +37,16 @@ WORKDIR_HELP = {
 
 
 def is_user_error(error: BaseException) -> bool:
-    """True for an OSError (a missing, unreadable or locked file or directory) and for a
-    ValueError or FloatingPointError raised by a `raise` statement of lip_jax itself: its
-    checks of config fields, names, data and checkpoint files, and its guard against a
-    non-finite loss. Anything else, a ValueError raised inside a library included, is a bug
-    and keeps its traceback."""
+    """True for an OSError (a missing, unreadable, damaged or locked file or directory) and
+    for a ValueError, FloatingPointError or ImportError raised by a `raise` statement of
+    lip_jax itself: its checks of config fields, names, data and checkpoint files, of what
+    several processes agree on, of the extras a format needs, and its guard against a
+    non-finite loss. Anything else, a ValueError raised inside a library included, is a
+    bug and keeps its traceback."""
     if isinstance(error, OSError):
         return True
-    if not isinstance(error, (ValueError, FloatingPointError)) or error.__traceback__ is None:
+    if (not isinstance(error, (ValueError, FloatingPointError, ImportError))
+            or error.__traceback__ is None):
         return False
     tb = error.__traceback__
     while tb.tb_next is not None:

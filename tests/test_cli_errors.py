@@ -54,7 +54,18 @@ BAD_INPUTS = [
      "lip_cnn has no argument 'widht' (did you mean 'widths'?)"),
     ("a model argument of the wrong kind",
      ["train", "--workdir", "{run}", "--config.model_kwargs.widths='wide'"], 2,
-     "lip_cnn does not build with them"),
+     "config.model = 'lip_cnn' with model_kwargs {'widths': 'wide'} does not build for "
+     "28x28x1 images: "),
+    ("a model that is no classifier",
+     ["train", "--workdir", "{run}", "--config.model=resnet18",
+      "--config.model_kwargs.features_only=True"], 2,
+     "does not build for 28x28x1 images: it returns {'C2': (1, 7, 7, 64)"),
+    ("a field the dataset does not read",
+     ["train", "--workdir", "{run}", "--config.dataset=small_objects",
+      "--config.data_dir={data}"], 2, "config.data_dir = '{data}': small_objects does not "
+                                      "read it (it reads no such field)"),
+    ("an image size for Fashion-MNIST", ["train", "--workdir", "{run}", "--config.image_size=64"],
+     2, "config.image_size = 64: fashion_mnist does not read it (it reads data_dir)"),
     ("num_classes through model arguments",
      ["train", "--workdir", "{run}", "--config.model_kwargs.num_classes=0"], 2,
      "config.model_kwargs sets 'num_classes', which the dataset decides"),
@@ -84,6 +95,8 @@ BAD_INPUTS = [
     ("labels beyond the classes", ["train", "--workdir", "{run}",
                                    "--config.data_dir={tmp}/labels", *TINY], 2,
      "train-labels-idx1-ubyte.gz holds labels outside 0..9 (1 of them), e.g. 12 at example 5"),
+    ("no evaluation examples", ["train", "--workdir", "{run}", "--config.data_dir={tmp}/noeval",
+                                *TINY], 2, "the fashion_mnist evaluation split is empty"),
     ("a batch larger than the data", ["train", "--workdir", "{run}", "--config.data_dir={data}",
                                       *TINY, "--config.batch_size=512"], 2,
      "the fashion_mnist training split holds only 256 examples"),
@@ -141,6 +154,7 @@ def scratch(tmp_path_factory):
         (tmp / name / "config.json").write_text(text)
     for suffix in ("pth", "npz", "safetensors"):
         (tmp / f"text.{suffix}").write_text("not a checkpoint\n")
+    make_fashion_mnist(tmp / "noeval", num_test=0)
     cut = make_fashion_mnist(tmp / "cut")
     labels = cut / "t10k-labels-idx1-ubyte.gz"
     labels.write_bytes(labels.read_bytes()[:-9])
@@ -154,8 +168,10 @@ def scratch(tmp_path_factory):
     return {"data": str(data), "tmp": str(tmp)}
 
 
-def _fill(argv, places):
-    return [a.format(**places) for a in argv]
+def _fill(text: str, places: dict) -> str:
+    for name, value in places.items():
+        text = text.replace(f"{{{name}}}", value)
+    return text
 
 
 @pytest.mark.parametrize("argv, status, fragment", [row[1:] for row in BAD_INPUTS],
@@ -164,11 +180,11 @@ def test_a_bad_input_is_one_line_with_its_status_and_leaves_no_directory(
         scratch, tmp_path, capsys, argv, status, fragment):
     places = dict(scratch, run=str(tmp_path / "run"), out=str(tmp_path / "out"))
     with pytest.raises(SystemExit) as exit_:
-        cli.main(_fill(argv, places))
+        cli.main([_fill(a, places) for a in argv])
     err = capsys.readouterr().err
     assert exit_.value.code == status, err
     assert err.startswith("lip-jax: error: ") and err.count("\n") == 1, err
-    assert fragment.format(**places) in err
+    assert _fill(fragment, places) in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
 
 

@@ -57,6 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("modle=lip_cnn", r"unknown config field 'modle' in the command line \(did you mean "
                       r"'model'\?\); `lip-jax train --help` lists the fields"),
     ("dtype.kind=1", r"config.dtype has no field 'kind'"),
+    ("allow_config_change=True", r"'allow_config_change' in the command line is not a config "
+                                 "field: pass --allow-config-change to `lip-jax train`"),
     ("model=lip_resnet5", r"config.model = 'lip_resnet5': unknown model \(did you mean "
                           r"'lip_resnet50'\?\); known: "),
 ])

@@ -263,7 +263,8 @@ def test_the_default_job_evaluates_every_example_on_16_devices(tmp_path):
                             eval_batch_size=1000)
     text = finish([process])[0]
     assert process.returncode == 0, text
-    assert "config.eval_batch_size = 1000 rounded up to a multiple of the 16 devices" in text
+    assert "config.eval_batch_size = 1000, at most the 1500 evaluation examples, rounded up to " \
+        "a multiple of the 16 devices" in text
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["eval_count"] == 1500
 

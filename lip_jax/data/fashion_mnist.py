@@ -14,6 +14,7 @@ FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 INFO = DatasetInfo(num_classes=10, num_train=60_000, num_eval=10_000, mean=(72.94,),
                    std=(90.02,))
+CONFIG_FIELDS = ("data_dir",)  # the dataset-specific config fields it reads
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -20,6 +20,7 @@ from lip_jax.data.pipeline import DatasetInfo, GrainInput
 
 INFO = DatasetInfo(num_classes=1000, num_train=1_281_167, num_eval=50_000,
                    mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+CONFIG_FIELDS = ("data_dir", "data_format", "image_size")  # the dataset-specific fields read
 NAME = "imagenet2012"
 SPLITS = {"train": "train", "eval": "validation"}
 FORMATS = ("array_record", "tfrecord")

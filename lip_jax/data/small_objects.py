@@ -30,9 +30,10 @@ DISTRACTORS = (3, 7)  # fragments per image, [low, high)
 SUPERSAMPLE = 4  # sub-pixels per pixel side when drawing (anti-aliasing)
 INFO = DatasetInfo(num_classes=len(CLASSES), num_train=SPLITS["train"][1],
                    num_eval=SPLITS["test"][1], mean=(127.4,), std=(28.8,))
+CONFIG_FIELDS = ()  # the dataset-specific config fields it reads
 
-__all__ = ["CLASSES", "INFO", "eval_transform", "example", "image_shape", "input_pipeline",
-           "load", "train_transform"]
+__all__ = ["CLASSES", "CONFIG_FIELDS", "INFO", "eval_transform", "example", "image_shape",
+           "input_pipeline", "load", "train_transform"]
 
 
 def _inside(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:

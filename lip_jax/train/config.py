@@ -11,7 +11,7 @@ import json
 import ml_collections
 from etils import epath
 
-from lip_jax.data import DATASETS
+from lip_jax.data import DATASET_FIELDS, DATASETS
 from lip_jax.models import create_model, list_models
 
 FIELDS = (
@@ -68,6 +68,8 @@ DEFAULTS = {name: default for name, default, _, _ in FIELDS}
 KIND = {name: kind for name, _, kind, _ in FIELDS}
 RECORDED = tuple(name for name in DEFAULTS if KIND[name] != "launch")
 CHANGES = "changes"  # config.json's list of accepted changes: {step, field, old, new}
+FLAGS = {"workdir": "--workdir DIR", "config": "--config FILE", "verbose": "--verbose",
+         "allow_config_change": "--allow-config-change"}  # command-line flags, not fields
 HELP = "`lip-jax train --help` lists the fields"
 INT_LIMIT = 2 ** 31  # integer fields fit int32, as step counters and seeds on devices do
 # create_model arguments that other fields set
@@ -206,6 +208,9 @@ def _update(values: dict, new, source: str) -> None:
     """Sets `values[name]` for each field of `new`, converted to the field's type; raises
     ValueError naming `source` for an unknown field or a value of the wrong type."""
     for name, value in new.items():
+        if name in FLAGS:
+            raise ValueError(f"{name!r} in {source} is not a config field: pass "
+                             f"{FLAGS[name]} to `lip-jax train`")
         if name not in DEFAULTS:
             raise ValueError(f"unknown config field {name!r} in {source}"
                              f"{_did_you_mean(name, DEFAULTS)}; {HELP}")
@@ -306,6 +311,11 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     for field, ok, message in checks:
         if not ok:
             raise ValueError(f"config.{field} = {c[field]!r}: {message}")
+    reads = getattr(DATASETS[c.dataset], "CONFIG_FIELDS", DATASET_FIELDS)
+    for field in DATASET_FIELDS:
+        if field not in reads and c[field] != DEFAULTS[field]:
+            raise ValueError(f"config.{field} = {c[field]!r}: {c.dataset} does not read it "
+                             f"(it reads {', '.join(reads) or 'no such field'})")
     _check_model_kwargs(c)
 
 

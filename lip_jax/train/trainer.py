@@ -37,18 +37,23 @@ class Trainer:
         if training and config.batch_size % len(devices):
             raise ValueError(f"config.batch_size = {config.batch_size} is not divisible by "
                              f"the {len(devices)} devices")
-        # Padding and a mask count each example once: any evaluation batch serves.
-        self.eval_batch_size = -(-config.eval_batch_size // len(devices)) * len(devices)
-        if self.eval_batch_size != config.eval_batch_size:
-            log.info("evaluating in batches of %d: config.eval_batch_size = %d rounded up to "
-                     "a multiple of the %d devices", self.eval_batch_size,
-                     config.eval_batch_size, len(devices))
         self.model = create_model(config.model, num_classes=self.info.num_classes,
                                   dtype=jnp.dtype(config.dtype),
                                   bn_group_size=config.bn_group_size, **config.model_kwargs)
         self._check_model()  # before the data: it may take minutes to read
         log.info("loading %s", config.dataset)
-        self.input = data.input_pipeline(config)
+        self.input = _read(config)
+        if not self.input.num_eval:
+            raise ValueError(f"the {config.dataset} evaluation split is empty")
+        # Padding and a mask count each example once: any evaluation batch serves, up to
+        # the split's size, rounded up to a multiple of the devices.
+        wanted = min(config.eval_batch_size, self.input.num_eval)
+        self.eval_batch_size = -(-wanted // len(devices)) * len(devices)
+        if self.eval_batch_size != config.eval_batch_size:
+            log.info("evaluating in batches of %d: config.eval_batch_size = %d, at most the "
+                     "%d evaluation examples, rounded up to a multiple of the %d devices",
+                     self.eval_batch_size, config.eval_batch_size, self.input.num_eval,
+                     len(devices))
         self.steps_per_epoch = max(1, self.input.num_train // config.batch_size)
         self.total_steps = (config.max_steps if config.max_steps > 0
                             else math.ceil(config.num_epochs * self.steps_per_epoch))
@@ -72,16 +77,23 @@ class Trainer:
                                  out_shardings=self.replicated)
 
     def _check_model(self) -> None:
-        """The model builds from config.model_kwargs (shapes only, nothing computed)."""
-        images = jax.ShapeDtypeStruct((1, *data.image_shape(self.config)), jnp.float32)
+        """The model builds from the config and maps its images to one logit per class
+        (shapes only, nothing computed)."""
+        c, shape = self.config, data.image_shape(self.config)
+        images = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
         try:
-            jax.eval_shape(self.model.init, jax.random.key(0), images)
+            logits, _ = jax.eval_shape(functools.partial(self.model.init_with_output,
+                                                         train=False),
+                                       jax.random.key(0), images)
+            problem = (None if getattr(logits, "shape", None) == (1, self.info.num_classes)
+                       else f"it returns {jax.tree.map(lambda x: x.shape, logits)}, not "
+                            f"(1, {self.info.num_classes}) logits")
         except Exception as error:
-            if not self.config.model_kwargs:
-                raise  # the model itself: a bug
-            raise ValueError(f"config.model_kwargs = {self.config.model_kwargs.to_dict()!r}: "
-                             f"{self.config.model} does not build with them: "
-                             f"{type(error).__name__}: {error}") from None
+            problem = f"{type(error).__name__}: {' '.join(str(error).split())[:500]}"
+        if problem:
+            raise ValueError(f"config.model = {c.model!r} with model_kwargs "
+                             f"{c.model_kwargs.to_dict()!r} does not build for "
+                             f"{'x'.join(map(str, shape))} images: {problem}")
 
     def _check_length(self) -> None:
         c, n = self.config, self.input.num_train
@@ -176,3 +188,16 @@ def load_init_from(path: str, model: str) -> dict:
         return Checkpoints(directory / "checkpoints").read_variables()
     raise FileNotFoundError(f"config.init_from = {path!r} holds neither converted weights "
                             "(model.json) nor a training run (config.json and checkpoints/)")
+
+
+def _read(config):
+    """`data.input_pipeline(config)`; a library's failure to read (a gs:// path without
+    network, a file of another kind) as an OSError naming the data."""
+    try:
+        return data.input_pipeline(config)
+    except (OSError, ValueError, ImportError):
+        raise  # lip_jax's checks and the OS name what is wrong
+    except Exception as error:
+        where = config.data_dir or "its default place"
+        raise OSError(f"reading {config.dataset} from {where} fails: {type(error).__name__}: "
+                      f"{' '.join(str(error).split())}") from None
