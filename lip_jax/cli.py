@@ -11,9 +11,9 @@ file, processes that disagree) or a non-finite loss prints one line to stderr,
 `lip-jax: error: ...`, and exits with status 2; progress goes to stdout; `--verbose` adds
 the traceback and the libraries' logs. A run stopped by SIGTERM or SIGINT saves a
 checkpoint and exits with status 75 (EX_TEMPFAIL: schedulers retry it); the same command
-resumes it. Before training starts, SIGINT (Ctrl-C) exits with status 130 and SIGTERM
-with 75, saving nothing. On several processes, one that fails makes every other print its
-line and exit likewise.
+resumes it. Outside that (before training starts, or at a second signal), SIGINT (Ctrl-C)
+exits at once with status 130 and SIGTERM with 75, saving nothing. On several processes,
+one that fails makes every other print its line and exit likewise.
 """
 
 import argparse
@@ -260,7 +260,7 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 class Terminated(BaseException):
-    """SIGTERM before the training loop (which saves and stops on it itself)."""
+    """SIGTERM outside the training loop's handling (which saves and stops on the first)."""
 
 
 def _terminate(signum, frame):
@@ -301,11 +301,11 @@ def _run(argv) -> None:
         _quiet_libraries(args.verbose)
         args.run(args, overrides)
     except KeyboardInterrupt:
-        _stop("interrupted (SIGINT) before training started: nothing was saved",
-              INTERRUPTED_EXIT, at_once=True)
+        _stop("interrupted (SIGINT) without saving; the same command starts again from the "
+              "newest checkpoint, if any", INTERRUPTED_EXIT, at_once=True)
     except Terminated:
-        _stop("stopped by SIGTERM before training started: nothing was saved; run the same "
-              "command again", EX_TEMPFAIL, at_once=True)
+        _stop("stopped by SIGTERM without saving; the same command starts again from the "
+              "newest checkpoint, if any", EX_TEMPFAIL, at_once=True)
     except Exception as error:
         user = is_user_error(error)
         if getattr(args, "verbose", False) or not user:

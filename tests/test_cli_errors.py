@@ -224,7 +224,7 @@ def test_a_signal_before_training_is_one_line_and_its_status(tmp_path, signum, s
     _, err = process.communicate(timeout=120)
     assert process.returncode == status, err
     assert err.startswith("lip-jax: error: ") and err.count("\n") == 1, err
-    assert "before training started: nothing was saved" in err
+    assert "without saving; the same command starts again from the newest checkpoint" in err
     assert not (tmp_path / "run").exists()
 
 

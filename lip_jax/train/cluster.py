@@ -10,8 +10,8 @@ waits have time limits (`config.initialization_timeout`), never through device
 collectives, which have none.
 """
 
+import contextlib
 import json
-import logging
 import multiprocessing
 import os
 import socket
@@ -20,8 +20,6 @@ import threading
 import time
 
 import jax
-
-log = logging.getLogger("lip_jax")
 
 JOIN_GRACE_S = 30  # JAX's own deadline to join beyond ours, so that ours reports first
 ACK_WAIT_S = 10  # how long process 0 (it hosts the key-value store) waits for the others
@@ -154,11 +152,8 @@ def stop(message: str, status: int, at_once: bool = False) -> None:
     (after an interrupt, XLA's compiler threads may still run, and crash it)."""
     line = f"lip-jax: error: {message}"
     if not jax.distributed.is_initialized():
-        if at_once:
-            _print_and_exit(line, status)
-        sys.stdout.flush()
-        print(line, file=sys.stderr, flush=True)
-        sys.exit(status)
+        _flush(line)
+        (os._exit if at_once else sys.exit)(status)
     _leave(line, status, json.dumps([jax.process_index(), status, message]))
 
 
@@ -184,20 +179,17 @@ def _leave(line: str, status: int, stop_record: str | None = None) -> None:
     client, me = _client(), jax.process_index()
     _flush(line)
     if stop_record is not None:
-        try:
+        with contextlib.suppress(Exception):  # another process stopped first: all know
             client.key_value_set(_STOP, stop_record)
-        except Exception:  # another process stopped first: the others know
-            pass
     if me != 0:
-        client.key_value_set(f"lip_jax/stopped/{me}", "")
+        with contextlib.suppress(Exception):
+            client.key_value_set(f"lip_jax/stopped/{me}", "")
         os._exit(status)  # at once: process 0 leaves after this, taking the store away
     deadline = time.monotonic() + ACK_WAIT_S
     for process in range(1, jax.process_count()):
-        try:
+        with contextlib.suppress(Exception):  # dead, or stuck holding the interpreter
             client.blocking_key_value_get(f"lip_jax/stopped/{process}",
                                           max(int((deadline - time.monotonic()) * 1000), 1))
-        except Exception:  # dead, or stuck holding the interpreter: leave anyway
-            pass
     time.sleep(EXIT_GRACE_S)
     os._exit(status)
 
