@@ -59,7 +59,7 @@ class TfRecordInput:
         self.builder = imagenet.builder(self.version_dir, "tfrecord")
         self.num_train = self.builder.info.splits["train"].num_examples
         self.num_eval = self.builder.info.splits["validation"].num_examples
-        self.fingerprint = imagenet.fingerprint(self.version_dir, self.builder)
+        self.fingerprint = imagenet.fingerprint(self.version_dir, "tfrecord")
 
     def damaged_files(self) -> list[str]:
         return imagenet.damaged_files(self.version_dir, self.builder, "tfrecord")

@@ -20,7 +20,7 @@ from etils import epath
 from lip_jax import data
 from lip_jax.train import cluster
 from lip_jax.train.checkpoint import Checkpoints
-from lip_jax.train.config import as_json
+from lip_jax.train.config import KIND, as_json
 from lip_jax.train.metrics import MetricsWriter, Progress, last_evaluation, wall_time
 from lip_jax.train.preemption import Preempted, StopSignals
 from lip_jax.train.trainer import Trainer
@@ -44,9 +44,11 @@ def exists(path) -> bool:
 
 
 def _agree_on_run(config, workdir, command: str) -> bool:
-    """Checks that every process runs the same command on the same config (`process_id`
-    excepted), work directory and software; returns whether the work directory exists,
-    checked alike on every process. Runs before anything is read or built."""
+    """Checks that every process runs the same command on the same config, work directory
+    and software; returns whether the work directory exists, checked alike on every
+    process. Runs before anything is read or built. Not compared: `process_id`, and where
+    and how each process reads its data (`input` fields: a host may keep its copy
+    elsewhere), whose content `_agree_on_data` compares."""
     software = {}
     for name in SOFTWARE:
         try:
@@ -55,7 +57,8 @@ def _agree_on_run(config, workdir, command: str) -> bool:
             software[name] = None
     cluster.agree("the run", dict(
         command=command, workdir=_absolute(workdir), software=software,
-        **{f"config.{k}": v for k, v in as_json(config).items() if k != "process_id"}))
+        **{f"config.{k}": v for k, v in as_json(config).items()
+           if k != "process_id" and KIND[k] != "input"}))
     found = exists(workdir)
     cluster.agree("the work directory", {f"whether {workdir} exists": found})
     if found and not epath.Path(workdir).is_dir():
