@@ -60,7 +60,7 @@ def read_variables(path) -> dict:
     their saved shapes (an optimizer state beside them is not read)."""
     handler = ocp.PyTreeCheckpointHandler()  # no barrier: callers agree on the outcome
     tree = handler.metadata(path).tree
-    target = {k: tree[k] for k in KEYS}
+    target = {k: tree[k] for k in KEYS if k in tree}
     return handler.restore(path, args=ocp.args.PyTreeRestore(
         target, restore_args=jax.tree.map(
             lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target),

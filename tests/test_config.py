@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
                                  "finite numbers"),
     ("model_kwargs={'widths': {1, 2}}", r"config.model_kwargs = .*: must be a dict of "
                                         "create_model arguments"),
+    ("model_kwargs.widths.a=3", r"config.model_kwargs = .*: must be a dict of create_model "
+                                "arguments"),
     ("model_kwargs.widht=(4, 8)", r"config.model_kwargs = \{'widht': \(4, 8\)\}: lip_cnn has "
                                   r"no argument 'widht' \(did you mean 'widths'\?\)"),
     ("model_kwargs.num_classes=0", r"config.model_kwargs sets 'num_classes', which the dataset "
@@ -193,9 +195,12 @@ def test_a_hand_edited_config_json_is_named(tmp_path, text, message):
         read_config(base)
 
 
-def test_a_config_file_that_fails_is_named(tmp_path):
+def test_a_config_file_that_fails_or_is_no_python_is_named(tmp_path):
     path = _write(tmp_path / "broken.py", "def get_config():\n    return 1 / 0\n")
     with pytest.raises(ValueError, match=f"config file {path} fails: ZeroDivisionError"):
+        load_config(path, [])
+    path = _write(tmp_path / "settings.txt", "batch_size = 3\n")
+    with pytest.raises(ValueError, match=f"config file {path} is not a Python file"):
         load_config(path, [])
 
 

@@ -120,32 +120,33 @@ def damaged_files(version_dir: epath.Path, reader, data_format: str) -> list[str
     found = []
     for path, expected in _shards(version_dir, reader):
         try:
-            count = (_array_records(path) if data_format == "array_record"
-                     else _tfrecords(path))
+            count, cut = (_array_records(path) if data_format == "array_record"
+                          else _tfrecords(path))
+            seen = f"{count} records" + (" and a truncated one" if cut else "")
         except Exception as error:  # unreadable
-            count = f"unreadable ({error})"
-        if count != expected:
-            found.append(f"{path} holds {count} records, dataset_info.json says {expected}")
+            count, cut, seen = None, True, f"unreadable records ({error})"
+        if cut or count != expected:
+            found.append(f"{path} holds {seen}, dataset_info.json says {expected}")
     return found
 
 
-def _array_records(path: epath.Path) -> int:
+def _array_records(path: epath.Path) -> tuple[int, bool]:
     from array_record.python import array_record_module
-    return array_record_module.ArrayRecordReader(str(path)).num_records()
+    return array_record_module.ArrayRecordReader(str(path)).num_records(), False
 
 
-def _tfrecords(path: epath.Path) -> int | str:
-    """The records of a TFRecord file, counted from their length headers (payloads are
-    skipped), or "a truncated last record"."""
+def _tfrecords(path: epath.Path) -> tuple[int, bool]:
+    """(whole records, whether a truncated one follows) of a TFRecord file, counted from
+    their length headers (payloads are skipped)."""
     size, count = path.stat().length, 0
     with path.open("rb") as f:
         while header := f.read(12):  # uint64 length, uint32 CRC of the length
             end = f.tell() + int.from_bytes(header[:8], "little") + 4  # payload and its CRC
             if len(header) < 12 or end > size:
-                return f"{count} whole records and a truncated one"
+                return count, True
             f.seek(end)
             count += 1
-    return count
+    return count, False
 
 
 def inception_crop(width: int, height: int, rng: np.random.Generator,

@@ -161,6 +161,8 @@ def _existing(path, what: str) -> epath.Path:
 def _get_config(path: str) -> dict:
     spec = importlib.util.spec_from_file_location("lip_jax_user_config",
                                                   str(_existing(path, "config file")))
+    if spec is None:
+        raise ValueError(f"config file {path} is not a Python file (.py)")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
@@ -235,7 +237,8 @@ def _convert(default, value):
         if isinstance(value, (tuple, list)) and all(map(_is_number, value)):
             return tuple(value)
     elif isinstance(default, dict):  # model_kwargs; config.json turns tuples into lists
-        if isinstance(value, dict) and all(isinstance(k, str) for k in value) and _is_json(value):
+        if (isinstance(value, dict) and all(isinstance(k, str) and k.isidentifier() for k in value)
+                and _is_json(value)):
             return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
     elif isinstance(default, float):
         if _is_number(value):

@@ -112,7 +112,6 @@ def train_and_evaluate(config, workdir, allow_config_change: bool = False) -> di
             if state is None:
                 state = trainer.init_state()  # init_from: may fail, like all above
             write_record(config, workdir, changes)
-            claim.started()
             if start >= trainer.total_steps:
                 log.info("the run in %s is finished (step %d)", workdir, start)
                 return dict(last_evaluation(workdir), step=start,
@@ -120,13 +119,13 @@ def train_and_evaluate(config, workdir, allow_config_change: bool = False) -> di
             if start:
                 log.info("resumed from the checkpoint at step %d in %s", start, workdir)
             before = wall_time(workdir)  # the run's training time in earlier sessions
-            return _train(trainer, checkpoints, workdir, state,
+            return _train(trainer, checkpoints, workdir, state, claim,
                           clock=lambda: before + time.monotonic() - began)
         finally:
             checkpoints.close()
 
 
-def _train(trainer, checkpoints, workdir, state, clock) -> dict:
+def _train(trainer, checkpoints, workdir, state, claim, clock) -> dict:
     config = trainer.config
     start = int(jax.device_get(state.step))
     lead = jax.process_index() == 0
@@ -148,6 +147,7 @@ def _train(trainer, checkpoints, workdir, state, clock) -> dict:
             profile.before(step)
             with jax.transfer_guard("disallow"):
                 state, metrics = trainer.train_step(state, batch)
+            claim.started()  # a step has run: the directory stays, whatever happens next
             profile.after(step, state)
             history.append((step, metrics))
             last = step == trainer.total_steps

@@ -119,7 +119,7 @@ class Trainer:
         variables = self.model.init(jax.random.key(self.config.seed),
                                     jnp.zeros((1, *data.image_shape(self.config))))
         return steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                                batch_stats=variables["batch_stats"],
+                                batch_stats=variables.get("batch_stats", {}),
                                 opt_state=self.tx.init(variables["params"]))
 
     def init_state(self) -> steps.TrainState:
