@@ -8,8 +8,10 @@ dataset and seed, through the library's own loop (`lip_jax.train.loop.train_and_
 same data order per seed, same recipe: Nesterov SGD, cosine after a linear warmup over the
 first `WARMUP` of the budget, batch 64). Every run writes
 `OUT/compare_pooling_runs/<run>.json` when it finishes and keeps its checkpoints in
-`WORKDIR/<run>`: run the command again and finished runs are skipped, an interrupted one
-resumes. Compiled steps are shared across seeds through JAX's persistent compilation cache
+`WORKDIR/<run>`, `<run>` naming dataset, pooling and seed and ending in a hash of the whole
+recipe (every config field that changes what a run computes): run the command again and
+finished runs are skipped, an interrupted one resumes; another recipe (`--width`,
+`--max-steps`, ...) makes runs of its own. Compiled steps are shared across seeds through JAX's persistent compilation cache
 in `WORKDIR/xla_cache`. Then it times the train step of every configuration in
 interleaved rounds on one batch (`--timing-steps`) and writes
 `OUT/compare_pooling.{json,md,png}` (every run; mean and standard deviation over seeds,
@@ -20,6 +22,7 @@ and on small_objects the share of importance inside the object's box).
 
 import argparse
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -37,7 +40,7 @@ from lip_jax import data
 from lip_jax.data import small_objects
 from lip_jax.importance import importance_maps
 from lip_jax.models import create_model
-from lip_jax.train.config import check_config, default_config
+from lip_jax.train.config import DEFAULTS, KIND, as_json, check_config, default_config
 from lip_jax.train.loop import Trainer, latest_state, train_and_evaluate
 from lip_jax.train.steps import normalize
 
@@ -59,8 +62,18 @@ def grid(pools, datasets, seeds):
     return [(d, p, g, s) for s in seeds for d in datasets for p, g in configs]
 
 
-def run_name(dataset, pool, global_pool, seed):
-    return f"{dataset}-{pool}-{global_pool}-s{seed}"
+def recipe(config) -> dict:
+    """The fields that change what a run computes (kind "math") where they differ from
+    the defaults: a run's identity."""
+    values, defaults = as_json(config), json.loads(json.dumps(DEFAULTS))
+    return {k: v for k, v in values.items() if KIND[k] == "math" and v != defaults[k]}
+
+
+def run_name(config) -> str:
+    """`<dataset>-<pool>-<global pool>-s<seed>-<hash of the recipe>`."""
+    kw = config.model_kwargs
+    digest = hashlib.sha256(json.dumps(recipe(config), sort_keys=True).encode()).hexdigest()
+    return f"{config.dataset}-{kw.pool}-{kw.global_pool}-s{config.seed}-{digest[:8]}"
 
 
 def make_config(args, dataset, pool, global_pool, seed):
@@ -96,8 +109,8 @@ def step_time(workdir: Path, batch_size: int) -> float:
 
 def train_one(args, key, runs_dir):
     dataset, pool, global_pool, seed = key
-    name = run_name(*key)
     config = make_config(args, *key)
+    name = run_name(config)
     workdir = args.workdir / name
     start = time.time()
     result = train_and_evaluate(config, workdir)
@@ -105,7 +118,8 @@ def train_one(args, key, runs_dir):
                test_accuracy=float(result["eval_top1"]), test_loss=float(result["eval_loss"]),
                params=count_params(config), steps=result["step"],
                step_time_s=step_time(workdir, config.batch_size),
-               wall_time_s=round(time.time() - start, 1), workdir=str(workdir))
+               wall_time_s=round(time.time() - start, 1), workdir=str(workdir),
+               recipe=recipe(config))
     (runs_dir / f"{name}.json").write_text(json.dumps(run, indent=1))
     return run
 
@@ -219,8 +233,7 @@ def importance_figure(args, dataset, out: Path, num_images=6) -> dict:
     mean share of importance inside the object's box and the box's mean share of the image
     area (small_objects only)."""
     config = make_config(args, dataset, "lip", "avg", args.seeds[0])
-    trainer, state = latest_state(config, args.workdir / run_name(dataset, "lip", "avg",
-                                                                   args.seeds[0]))
+    trainer, state = latest_state(config, args.workdir / run_name(config))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     measured, shown = {}, None
     for n, batch in enumerate(trainer.input.eval_batches(500, 0, 1)):
@@ -305,9 +318,10 @@ def main(argv=None):
     runs_dir = args.out / "compare_pooling_runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     keys = grid(args.pools, args.datasets, args.seeds)
+    names = {key: run_name(make_config(args, *key)) for key in keys}
     began, trained, runs = time.time(), 0, []
     for i, key in enumerate(keys):
-        path = runs_dir / f"{run_name(*key)}.json"
+        path = runs_dir / f"{names[key]}.json"
         if path.exists():
             runs.append(json.loads(path.read_text()))
             continue
@@ -315,8 +329,8 @@ def main(argv=None):
         runs.append(run)
         trained += 1
         eta = (time.time() - began) / trained * sum(
-            not (runs_dir / f"{run_name(*k)}.json").exists() for k in keys)
-        print(f"[{i + 1}/{len(keys)}] {run_name(*key)}: test accuracy "
+            not (runs_dir / f"{names[k]}.json").exists() for k in keys)
+        print(f"[{i + 1}/{len(keys)}] {names[key]}: test accuracy "
               f"{run['test_accuracy']:.4f}, {run['wall_time_s']:.0f} s; ETA {eta / 60:.0f} min",
               flush=True)
     configs = list(dict.fromkeys((r["dataset"], r["pool"], r["global_pool"]) for r in runs))
@@ -334,7 +348,8 @@ def main(argv=None):
                               batch_size=64, epochs=EPOCHS, warmup_share=WARMUP,
                               max_steps=args.max_steps),
                   summary=rows, importance=importance,
-                  runs=[{k: v for k, v in r.items() if k != "workdir"} for r in runs])
+                  runs=[{k: v for k, v in r.items() if k not in ("workdir", "recipe")}
+                        for r in runs])
     (args.out / "compare_pooling.json").write_text(json.dumps(report, indent=1))
     table = markdown(rows)
     (args.out / "compare_pooling.md").write_text(

@@ -6,19 +6,29 @@
     lip-jax models [--pool NAME]
     lip-jax demo
 
-A mistake in what was asked (a config field, a model name, a missing or locked file) or
-a non-finite loss prints one line, `lip-jax: error: ...`, and exits with status 2;
-`--verbose` adds the traceback and the libraries' logs. A run stopped by SIGTERM or
-SIGINT saves a checkpoint and exits with status 75 (EX_TEMPFAIL: schedulers retry it);
-the same command resumes it.
+A mistake in what was asked (a config field, a model name, a missing, damaged or locked
+file, processes that disagree) or a non-finite loss prints one line to stderr,
+`lip-jax: error: ...`, and exits with status 2; progress goes to stdout; `--verbose` adds
+the traceback and the libraries' logs. A run stopped by SIGTERM or SIGINT saves a
+checkpoint and exits with status 75 (EX_TEMPFAIL: schedulers retry it); the same command
+resumes it. Outside that (before training starts, or at a second signal), SIGINT (Ctrl-C)
+exits at once with status 130 and SIGTERM with 75, saving nothing. On several processes,
+one that fails makes every other print its line and exit likewise.
 """
 
 import argparse
 import dis
 import logging
+import os
+import signal
 import sys
+import threading
+import traceback
 
 USER_ERROR_EXIT = 2  # as argparse's own usage errors
+INTERRUPTED_EXIT = 128 + signal.SIGINT  # 130, as shells report Ctrl-C
+EX_TEMPFAIL = os.EX_TEMPFAIL  # 75, as lip_jax.train.preemption: schedulers retry
+MESSAGE_LIMIT = 2000  # characters of an error message shown without --verbose
 WORKDIR_HELP = {
     "train": "the run's directory (a local path or gs://...): checkpoints, config.json and "
              "metrics.jsonl go there; a rerun resumes from it",
@@ -27,14 +37,16 @@ WORKDIR_HELP = {
 
 
 def is_user_error(error: BaseException) -> bool:
-    """True for an OSError (a missing, unreadable or locked file or directory) and for a
-    ValueError or FloatingPointError raised by a `raise` statement of lip_jax itself: its
-    checks of config fields, names, data and checkpoint files, and its guard against a
-    non-finite loss. Anything else, a ValueError raised inside a library included, is a bug
-    and keeps its traceback."""
+    """True for an OSError (a missing, unreadable, damaged or locked file or directory) and
+    for a ValueError, FloatingPointError or ImportError raised by a `raise` statement of
+    lip_jax itself: its checks of config fields, names, data and checkpoint files, of what
+    several processes agree on, of the extras a format needs, and its guard against a
+    non-finite loss. Anything else, a ValueError raised inside a library included, is a
+    bug and keeps its traceback."""
     if isinstance(error, OSError):
         return True
-    if not isinstance(error, (ValueError, FloatingPointError)) or error.__traceback__ is None:
+    if (not isinstance(error, (ValueError, FloatingPointError, ImportError))
+            or error.__traceback__ is None):
         return False
     tb = error.__traceback__
     while tb.tb_next is not None:
@@ -62,20 +74,19 @@ def _table(rows: dict) -> str:
 
 
 def _config(args, overrides, **kw):
+    from lip_jax.train import cluster
     from lip_jax.train.config import load_config
-    return load_config(args.config, overrides, **kw)
+    config = load_config(args.config, overrides, **kw)
+    cluster.initialize(config)
+    return config
 
 
 def train(args, overrides):
     """Trains (and evaluates) a config in a work directory; resumes if it holds checkpoints."""
-    import time
-
-    from lip_jax.train.loop import initialize_distributed, train_and_evaluate
+    from lip_jax.train.loop import train_and_evaluate
     config = _config(args, overrides)
-    initialize_distributed(config)
-    start = time.time()
-    result = train_and_evaluate(config, args.workdir)  # a signal: exit 75 (loop.Preempted)
-    result["wall_time_s"] = time.time() - start
+    result = train_and_evaluate(config, args.workdir,  # a signal: exit 75 (loop.Preempted)
+                                allow_config_change=args.allow_config_change)
     print(f"{config.model} on {config.dataset}, work directory {args.workdir}:")
     print(_table(result))
 
@@ -83,15 +94,16 @@ def train(args, overrides):
 def run_config(workdir) -> str | None:
     """The path of `workdir/config.json` if a run wrote one there, else None."""
     from etils import epath
+
+    from lip_jax.train.loop import exists
     path = epath.Path(workdir) / "config.json"
-    return str(path) if path.exists() else None
+    return str(path) if exists(path) else None
 
 
 def evaluate(args, overrides):
     """Evaluates a run's newest checkpoint (or init_from weights) with its config.json."""
-    from lip_jax.train.loop import evaluate_checkpoint, initialize_distributed
+    from lip_jax.train.loop import evaluate_checkpoint
     config = _config(args, overrides, base=run_config(args.workdir))
-    initialize_distributed(config)
     result = evaluate_checkpoint(config, args.workdir)
     print(f"{config.model} on {config.dataset}, work directory {args.workdir}:")
     print(_table(result))
@@ -165,13 +177,37 @@ def _config_fields() -> str:
     return "config fields (--config.field=value), defaults and meanings:\n" + describe_config()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors in one line, as every other error."""
+
+    def error(self, message):
+        self.exit(USER_ERROR_EXIT, f"lip-jax: error: {message} (`{self.prog} --help` "
+                                   "explains)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}")
+    return value
+
+
+def _directory(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory, not an empty string")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     from lip_jax.models import POOL_CHOICES
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true",
                         help="show tracebacks and the libraries' logs")
-    main_parser = argparse.ArgumentParser(prog="lip-jax", description=__doc__,
-                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    main_parser = _Parser(prog="lip-jax", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = main_parser.add_subparsers(dest="command", required=True)
     epilog = _config_fields()
     for name, run in (("train", train), ("eval", evaluate)):
@@ -181,14 +217,21 @@ def parser() -> argparse.ArgumentParser:
             usage=f"lip-jax {name} [--config FILE] --workdir DIR [--config.field=value ...]")
         p.add_argument("--config", metavar="FILE", help="a Python file with get_config() "
                        "(see experiments/configs/); default: the offline Fashion-MNIST job")
-        p.add_argument("--workdir", metavar="DIR", required=True, help=WORKDIR_HELP[name])
+        p.add_argument("--workdir", metavar="DIR", required=True, type=_directory,
+                       help=WORKDIR_HELP[name])
+        if name == "train":
+            p.add_argument("--allow-config-change", action="store_true",
+                           help="resume even if the config changes what the run computes "
+                                "(e.g. learning_rate); config.json records the change")
         p.set_defaults(run=run)
     p = commands.add_parser("convert", help=convert.__doc__, description=convert.__doc__,
                             parents=[common])
     p.add_argument("checkpoint", help="the official .pth / .pth.tar (or .npz, .safetensors)")
     p.add_argument("--model", required=True, help="e.g. lip_resnet50 (see `lip-jax models`)")
-    p.add_argument("--out", metavar="DIR", required=True, help="where to write the weights")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--out", metavar="DIR", required=True, type=_directory,
+                   help="where to write the weights")
+    p.add_argument("--num-classes", type=_positive, default=1000,
+                   help="classes of the checkpoint's classifier (default 1000)")
     p.set_defaults(run=convert)
     p = commands.add_parser("models", help=models.__doc__, description=models.__doc__,
                             parents=[common])
@@ -206,21 +249,77 @@ def _quiet_libraries(verbose: bool) -> None:
     logging.getLogger("jax").setLevel(logging.INFO if verbose else logging.WARNING)
     for library in ("absl", "orbax"):  # orbax logs ~100 lines about a failed restore
         logging.getLogger(library).setLevel(logging.INFO if verbose else logging.ERROR)
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ notices
+    # Errors of libraries' background threads and callbacks (an orbax save on a full disk
+    # leaves a dozen) go to the log; the error that ends the command is the line on stderr.
+    libraries = logging.getLogger("lip_jax.libraries")
+    sys.unraisablehook = lambda u: libraries.debug("%s: %s", u.err_msg, u.exc_value)
+    threading.excepthook = lambda t: libraries.debug("thread %s: %s", t.thread, t.exc_value)
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop's handling (which saves and stops on the first)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (at most MESSAGE_LIMIT characters)."""
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    text = text or type(error).__name__
+    if len(text) > MESSAGE_LIMIT:
+        text = text[:MESSAGE_LIMIT] + " ... (--verbose shows all of it)"
+    return text
 
 
 def main(argv=None):
     # First: absl configures the root logger itself at its first message (orbax logs at
-    # import), and then this would do nothing.
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    # import), and then this would do nothing. Logs go to stdout: stderr holds errors.
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(message)s")
-    main_parser = parser()
-    args, overrides = main_parser.parse_known_args(argv)
-    if overrides and args.command not in ("train", "eval"):
-        main_parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-    _quiet_libraries(args.verbose)
+    logging.captureWarnings(True)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        _run(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv) -> None:
+    """Parses and runs the command; every failure ends in `cluster.stop` (one line, a
+    status, and on several processes the others told)."""
+    args = None
+    try:
+        main_parser = parser()
+        args, overrides = main_parser.parse_known_args(argv)
+        if overrides and args.command not in ("train", "eval"):
+            main_parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+        _quiet_libraries(args.verbose)
         args.run(args, overrides)
+    except KeyboardInterrupt:
+        _stop("interrupted (SIGINT) without saving; the same command starts again from the "
+              "newest checkpoint, if any", INTERRUPTED_EXIT, at_once=True)
+    except Terminated:
+        _stop("stopped by SIGTERM without saving; the same command starts again from the "
+              "newest checkpoint, if any", EX_TEMPFAIL, at_once=True)
     except Exception as error:
-        if args.verbose or not is_user_error(error):
-            raise
-        main_parser.exit(USER_ERROR_EXIT, f"lip-jax: error: {error}\n")
+        user = is_user_error(error)
+        if getattr(args, "verbose", False) or not user:
+            traceback.print_exc()
+        if user:
+            _stop(one_line(error), USER_ERROR_EXIT)
+        _stop(f"{type(error).__name__}: {one_line(error)} (a bug in lip-jax or a library: "
+              "the traceback above tells where)", 1)
+
+
+def _stop(message: str, status: int, at_once: bool = False) -> None:
+    cluster = sys.modules.get("lip_jax.train.cluster")  # imported where processes join
+    if cluster is not None:
+        cluster.stop(message, status, at_once)
+    sys.stdout.flush()
+    print(f"lip-jax: error: {message}", file=sys.stderr, flush=True)
+    (os._exit if at_once else sys.exit)(status)

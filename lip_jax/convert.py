@@ -163,25 +163,30 @@ def _lookup(tree, collection, path):
 
 def read_checkpoint(path) -> object:
     """What a checkpoint file holds: `.pth`, `.pt`, `.pth.tar` (torch), `.npz` or
-    `.safetensors`. Torch files load with `weights_only=True` (no code runs)."""
+    `.safetensors`. Torch files load with `weights_only=True` (no code runs). A file that
+    does not read as its kind raises `CheckpointError` naming it."""
     path = str(path)
-    if path.endswith((".pth", ".pt", ".pth.tar")):
-        import pickle
-
+    if not path.endswith((".pth", ".pt", ".pth.tar", ".npz", ".safetensors")):
+        raise CheckpointError(f"{path}: expected a .pth, .pt, .pth.tar, .npz or .safetensors "
+                              "file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        if path.endswith(".npz"):
+            with np.load(path) as f:
+                return dict(f)
+        if path.endswith(".safetensors"):
+            from safetensors.flax import load_file  # numpy has no bfloat16
+            return load_file(path)
         import torch
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, pickle.UnpicklingError) as error:
-            raise CheckpointError(f"{path} is not a torch checkpoint that loads without "
-                                  f"running code: {str(error).splitlines()[0]}") from error
-    if path.endswith(".npz"):
-        with np.load(path) as f:
-            return dict(f)
-    if path.endswith(".safetensors"):
-        from safetensors.flax import load_file  # numpy has no bfloat16
-        return load_file(path)
-    raise CheckpointError(f"{path}: expected a .pth, .pt, .pth.tar, .npz or .safetensors "
-                          "file")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise
+    except Exception as error:  # not a checkpoint of its kind, truncated, or unsafe
+        kind = path.rsplit(".", 1)[-1] if not path.endswith(".pth.tar") else "pth.tar"
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"{path} is not a .{kind} checkpoint that loads (without "
+                              f"running code): {first}") from None
 
 
 def official_state_dict(checkpoint) -> dict:

@@ -1,6 +1,7 @@
-"""Model variables on disk: read from `lip-jax convert` output (an orbax checkpoint plus
-model.json) or from a lip-jax work directory (its newest checkpoint), and fitted to a
-model whose classifier may differ (fine-tuning on another number of classes)."""
+"""Model variables on disk: `lip-jax convert` output (an orbax checkpoint, its checksums
+and model.json), read back as NumPy arrays, and fitted to a model whose classifier may
+differ (fine-tuning on another number of classes). A training work directory's newest
+intact checkpoint is read by `lip_jax.train.checkpoint`."""
 
 import json
 from pathlib import Path
@@ -10,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lip_jax import checksums
+
 KEYS = ("params", "batch_stats")
 
 
@@ -18,49 +21,50 @@ def save_variables(directory, model: str, variables: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / "variables", variables, force=True)
+    checksums.write(directory / "variables")
     (directory / "model.json").write_text(json.dumps({"model": model}))
 
 
+def converted_model(directory) -> str | None:
+    """The model named by `directory/model.json` (`save_variables` output), else None."""
+    path = Path(directory) / "model.json"
+    if not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text())["model"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not a model.json written by `lip-jax convert`") from None
+
+
 def load_variables(directory, model: str | None = None) -> dict:
-    """`{"params", "batch_stats"}` as NumPy arrays, from `save_variables` output or from
-    the newest checkpoint of a training work directory. With `model`, checks that they
-    belong to it."""
+    """`{"params", "batch_stats"}` as NumPy arrays from `save_variables` output, after
+    checking their checksums. With `model`, checks that they belong to it."""
     directory = Path(directory).absolute()
-    if (directory / "model.json").is_file():
-        saved = json.loads((directory / "model.json").read_text())["model"]
-        read = lambda: _restore(ocp.PyTreeCheckpointer(), directory / "variables")
-    elif (directory / "config.json").is_file() and (directory / "checkpoints").is_dir():
-        saved = json.loads((directory / "config.json").read_text())["model"]
-        read = lambda: _restore_newest(directory / "checkpoints")
-    else:
-        raise FileNotFoundError(f"{directory} holds neither converted weights (model.json) "
-                                "nor a training run (config.json and checkpoints/)")
+    saved = converted_model(directory)
+    if saved is None:
+        raise FileNotFoundError(f"{directory} holds no converted weights (model.json)")
     if model is not None and saved != model:
         raise ValueError(f"{directory} holds weights of {saved!r}, not {model!r}")
-    return read()
+    if checksums.written(directory / "variables"):
+        problem = checksums.mismatch(directory / "variables")
+        if problem:
+            raise ValueError(f"weights in {directory} are damaged: {problem}")
+    try:
+        return read_variables(directory / "variables")
+    except Exception as error:  # truncated or foreign files
+        raise ValueError(f"weights in {directory} do not load: {error}") from None
 
 
-def _numpy_args(metadata):
-    return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-
-
-def _restore(checkpointer, path) -> dict:
-    tree = checkpointer.metadata(path).item_metadata.tree
-    target = {k: tree[k] for k in KEYS}
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        target, restore_args=_numpy_args(target), partial_restore=True))
-
-
-def _restore_newest(directory) -> dict:
-    """params and batch_stats of the newest checkpoint (the optimizer state is not read)."""
-    with ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler()) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}")
-        tree = manager.item_metadata(step).tree
-        target = {k: tree[k] for k in KEYS}
-        return manager.restore(step, args=ocp.args.PyTreeRestore(
-            target, restore_args=_numpy_args(target), partial_restore=True))
+def read_variables(path) -> dict:
+    """params and batch_stats of the orbax checkpoint item at `path` as NumPy arrays, in
+    their saved shapes (an optimizer state beside them is not read)."""
+    handler = ocp.PyTreeCheckpointHandler()  # no barrier: callers agree on the outcome
+    tree = handler.metadata(path).tree
+    target = {k: tree[k] for k in KEYS if k in tree}
+    return handler.restore(path, args=ocp.args.PyTreeRestore(
+        target, restore_args=jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target),
+        partial_restore=True))
 
 
 def classifier_paths(module, input_shape) -> set[str]:

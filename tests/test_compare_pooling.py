@@ -1,5 +1,6 @@
 """experiments/compare_pooling.py end to end on a minuscule grid: runs, resumes, reports."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -47,3 +48,19 @@ def test_compare_pooling_runs_a_tiny_grid_resumes_and_writes_every_report(tmp_pa
     assert second.returncode == 0, second.stderr[-3000:]
     assert not [line for line in second.stdout.splitlines() if line.startswith("[")]
     assert {p: p.stat().st_mtime_ns for p in (out / "compare_pooling_runs").iterdir()} == finished
+
+
+def test_runs_are_named_by_their_whole_recipe():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import compare_pooling
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    args = argparse.Namespace(width=16, max_steps=-1, data_dir="")
+    name = lambda **kw: compare_pooling.run_name(compare_pooling.make_config(
+        argparse.Namespace(**{**vars(args), **kw}), "fashion_mnist", "lip", "avg", 0))
+    assert name().startswith("fashion_mnist-lip-avg-s0-")
+    assert len({name(), name(width=8), name(max_steps=2), name(max_steps=3)}) == 4
+    assert name(data_dir="/elsewhere") == name()  # where the data is read from is no recipe
+    committed = ROOT / "experiments" / "results" / "compare_pooling_runs" / f"{name()}.json"
+    assert json.loads(committed.read_text())["recipe"]["model_kwargs"]["width"] == 16

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -201,6 +202,27 @@ def test_dataset_in_the_other_format_says_how_to_switch(data_dirs, data_format):
     assert f"--config.data_format={other}" in message
     assert (f"tfds convert_format --dataset_version_dir={version} "
             f"--out_file_format={data_format}") in message
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_a_truncated_shard_is_named_when_reading_fails(data_dirs, data_format, tmp_path):
+    copy = shutil.copytree(data_dirs[data_format], tmp_path / "data")
+    shard = next((copy / "imagenet2012" / "5.1.0").glob(f"imagenet2012-train.{data_format}-*"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"reading the training split of imagenet2012 fails: "
+                                         rf".*; damaged: {shard} holds \d+ records.*, "
+                                         rf"dataset_info.json says {NUM_TRAIN}$"):
+        loop.train_and_evaluate(_config(copy, data_format), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # no step ran: the new directory is removed
+
+
+def test_a_directory_holding_both_formats_reads_the_one_asked_for(data_dirs, tmp_path):
+    both = shutil.copytree(data_dirs["array_record"], tmp_path / "both")
+    for shard in (Path(data_dirs["tfrecord"]) / "imagenet2012" / "5.1.0").glob("*.tfrecord-*"):
+        shutil.copy(shard, both / "imagenet2012" / "5.1.0")
+    for data_format in FORMATS:
+        batch = next(data.input_pipeline(_config(both, data_format)).train_batches(0, 0, 1))
+        assert batch["image"].shape == (8, 32, 32, 3), data_format
 
 
 def test_without_tensorflow_array_record_reads_and_tfrecord_says_what_to_install(data_dirs):

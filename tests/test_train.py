@@ -96,7 +96,7 @@ def _truncate_files(folder):
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
-def test_corrupt_newest_checkpoint_is_set_aside_retrained_and_saved_again(data_dir, tmp_path):
+def test_truncated_checkpoints_are_set_aside_retrained_and_saved_again(data_dir, tmp_path):
     config = tiny_config(data_dir, max_steps=2, checkpoint_every_secs=1e-9)
     loop.train_and_evaluate(config, tmp_path)
     assert checkpoint_steps(tmp_path) == [1, 2]
@@ -109,14 +109,16 @@ def test_corrupt_newest_checkpoint_is_set_aside_retrained_and_saved_again(data_d
 
     for step in ("1", "2"):
         _truncate_files(tmp_path / "checkpoints" / step)
-    with pytest.raises(RuntimeError, match="no checkpoint in .* restores"):
+    with pytest.raises(ValueError, match=r"no checkpoint in .* restores: step 2: .*damaged.*; "
+                                         r"step 1: "):
         loop.train_and_evaluate(config, tmp_path)
-    assert checkpoint_steps(tmp_path) == [1, 2]  # nothing restores: nothing set aside
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "1.corrupt-1", "2.corrupt-1", "2.corrupt-2"]  # damaged bytes: all set aside
 
 
 def test_a_second_trainer_on_a_workdir_refuses(data_dir, tmp_path):
-    with workdir.exclusive(tmp_path):  # the first trainer
-        with pytest.raises(RuntimeError, match=r"is in use by another trainer \(pid \d+ on "):
+    with workdir.Claim(tmp_path, create=False):  # the first trainer
+        with pytest.raises(BlockingIOError, match=r"is in use by another trainer \(pid \d+ on "):
             loop.train_and_evaluate(tiny_config(data_dir), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lock"]  # nothing overwritten
 
@@ -176,7 +178,7 @@ def test_a_checkpoint_of_another_model_is_named_in_one_line(finished_run, data_d
 
 
 def test_failed_commands_create_no_directories(data_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+    with pytest.raises(FileNotFoundError, match="typo does not exist, and config.init_from"):
         loop.evaluate_checkpoint(tiny_config(data_dir), tmp_path / "typo")
     with pytest.raises(FileNotFoundError):
         loop.train_and_evaluate(tiny_config(tmp_path / "no_data"), tmp_path / "run")
@@ -261,7 +263,8 @@ def test_the_default_job_evaluates_every_example_on_16_devices(tmp_path):
                             eval_batch_size=1000)
     text = finish([process])[0]
     assert process.returncode == 0, text
-    assert "config.eval_batch_size = 1000 rounded up to a multiple of the 16 devices" in text
+    assert "config.eval_batch_size = 1000, at most the 1500 evaluation examples, rounded up to " \
+        "a multiple of the 16 devices" in text
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["eval_count"] == 1500
 

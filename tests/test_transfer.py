@@ -12,6 +12,7 @@ import pytest
 from lip_jax import pretrained
 from lip_jax.models import create_model
 from lip_jax.train import loop
+from lip_jax.train.trainer import load_init_from
 from train_helpers import make_fashion_mnist, tiny_config
 
 TINY = dict(widths=(4, 8), convs_per_stage=(1, 1))  # train_helpers' tiny lip_cnn
@@ -69,8 +70,10 @@ def test_init_from_a_training_work_directory_reads_its_newest_checkpoint(data_di
     run = tiny_config(data_dir, max_steps=3)
     loop.train_and_evaluate(run, tmp_path / "run")
     trained = _variables(loop.latest_state(run, tmp_path / "run")[1])
-    loaded = pretrained.load_variables(tmp_path / "run", "lip_cnn")
+    loaded = load_init_from(str(tmp_path / "run"), "lip_cnn")
     jax.tree.map(np.testing.assert_array_equal, loaded, trained)
+    with pytest.raises(ValueError, match="holds weights of 'lip_cnn', not 'cnn'"):
+        load_init_from(str(tmp_path / "run"), "cnn")
     started = loop.Trainer(tiny_config(data_dir, init_from=str(tmp_path / "run"))).init_state()
     assert int(started.step) == 0  # weights only: a fresh optimizer and schedule
     jax.tree.map(np.testing.assert_array_equal, _variables(started), trained)
@@ -95,7 +98,7 @@ def test_any_other_mismatch_is_named(data_dir, imagenet_like):
 def test_init_from_a_directory_without_weights_says_what_it_expects(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither converted weights .* nor a training "
                                                 "run"):
-        pretrained.load_variables(tmp_path)
+        load_init_from(str(tmp_path), "lip_cnn")
 
 
 def _get(tree, path):

@@ -52,14 +52,15 @@ def tiny_config(data_dir, **fields):
     return load_config(None, tiny_overrides(data_dir, **fields))
 
 
-def train_process(workdir, data_dir, *extra, devices=2, cache=None, command="train",
+def train_process(workdir, data_dir, *extra, devices=2, cache=None, command="train", cwd=ROOT,
                   **fields) -> subprocess.Popen:
     """`lip-jax train` (or `command`) of the tiny config in a subprocess on `devices` CPU
-    devices; its
-    output (stdout and stderr) goes to a file that `output(process)` reads. `cache`: a
-    directory where runs of the same program share compiled steps (JAX's cache)."""
+    devices, run in `cwd`; its output (stdout and stderr) goes to a file that
+    `output(process)` reads. `cache`: a directory where runs of the same program share
+    compiled steps (JAX's cache)."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu"}
+           "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     if cache:
         env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -68,7 +69,7 @@ def train_process(workdir, data_dir, *extra, devices=2, cache=None, command="tra
     process = subprocess.Popen(
         [sys.executable, "-m", "lip_jax", command, "--workdir", str(workdir), *extra,
          *tiny_overrides(data_dir, **fields)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        env=env, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=cwd)
     process.log = log
     return process
 
@@ -84,12 +85,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_processes(count, workdir, data_dir, devices=1, **fields) -> list[subprocess.Popen]:
-    """`count` trainers joined by jax.distributed (gloo), `devices` CPU devices each."""
+def train_processes(count, workdir, data_dir, devices=1, differ=None,
+                    **fields) -> list[subprocess.Popen]:
+    """`count` trainers joined by jax.distributed (gloo), `devices` CPU devices each;
+    `differ` maps a process index to keyword arguments of `train_process` that it alone
+    gets (other fields, or another `cwd`)."""
     address = f"localhost:{free_port()}"
-    return [train_process(workdir, data_dir, devices=devices, distributed=True,
-                          coordinator_address=address, num_processes=count, process_id=i,
-                          **fields) for i in range(count)]
+    return [train_process(**{"workdir": workdir, "data_dir": data_dir, "devices": devices,
+                             "distributed": True, "coordinator_address": address,
+                             "num_processes": count, "process_id": i, **fields,
+                             **(differ or {}).get(i, {})}) for i in range(count)]
 
 
 def finish(processes, timeout=300) -> list[str]:

@@ -1,7 +1,8 @@
 """Datasets by name: what the training loop reads.
 
 `DATASETS` maps each name to its module, which holds every fact of that dataset: `INFO`
-(a `DatasetInfo`), `image_shape(config)` and `input_pipeline(config)`. Adding a dataset is
+(a `DatasetInfo`), `CONFIG_FIELDS` (the dataset-specific config fields it reads, of
+`DATASET_FIELDS`), `image_shape(config)` and `input_pipeline(config)`. Adding a dataset is
 one module and one entry here. `input_pipeline(config)` returns the object the loop
 iterates (`InputPipeline`): any format, one interface, implemented by `GrainInput` over
 random-access sources (in-memory arrays, TFDS array_record) and by
@@ -18,12 +19,19 @@ from lip_jax.data.pipeline import DatasetInfo, GrainInput, prefetch_to_device
 DATASETS = {"fashion_mnist": fashion_mnist, "imagenet2012": imagenet,
             "small_objects": small_objects}
 DETECTION_DATASETS = {"detection_shapes": detection_shapes}  # not for input_pipeline
+DATASET_FIELDS = ("data_dir", "data_format", "image_size")  # read by some datasets only
 
 
 class InputPipeline(Protocol):
     """One dataset's training and evaluation input for this process."""
 
     num_train: int  # examples in the training split (an epoch)
+    num_eval: int  # examples in the evaluation split
+    fingerprint: str  # a short hash of what this process read: equal where the data is
+
+    def damaged_files(self) -> list[str]:
+        """The dataset's files found truncated or damaged, each with what is wrong (called
+        after reading failed, to name the file)."""
 
     def train_batches(self, start_step: int, process_index: int,
                       process_count: int) -> Iterator[dict]:
@@ -50,5 +58,5 @@ def input_pipeline(config) -> InputPipeline:
     return DATASETS[config.dataset].input_pipeline(config)
 
 
-__all__ = ["DATASETS", "DETECTION_DATASETS", "DatasetInfo", "GrainInput", "InputPipeline",
-           "image_shape", "info", "input_pipeline", "pipeline", "prefetch_to_device"]
+__all__ = ["DATASETS", "DATASET_FIELDS", "DETECTION_DATASETS", "DatasetInfo", "GrainInput",
+           "InputPipeline", "image_shape", "info", "input_pipeline", "pipeline", "prefetch_to_device"]

@@ -7,6 +7,8 @@ Nothing is downloaded: a missing or differently-formatted dataset is an error sa
 to prepare or convert it.
 """
 
+import functools
+import hashlib
 import io
 import math
 import re
@@ -18,6 +20,7 @@ from lip_jax.data.pipeline import DatasetInfo, GrainInput
 
 INFO = DatasetInfo(num_classes=1000, num_train=1_281_167, num_eval=50_000,
                    mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+CONFIG_FIELDS = ("data_dir", "data_format", "image_size")  # the dataset-specific fields read
 NAME = "imagenet2012"
 SPLITS = {"train": "train", "eval": "validation"}
 FORMATS = ("array_record", "tfrecord")
@@ -66,12 +69,84 @@ def input_pipeline(config):
         return imagenet_tf.TfRecordInput(version, config.image_size, config.batch_size,
                                          config.seed, config.num_threads)
     import tensorflow_datasets as tfds
-    builder = tfds.builder_from_directory(str(version))
-    sources = [builder.as_data_source(SPLITS[split],
-                                      decoders={"image": tfds.decode.SkipDecoding()})
+    reader = builder(version, config.data_format)
+    sources = [reader.as_data_source(SPLITS[split],
+                                     decoders={"image": tfds.decode.SkipDecoding()})
                for split in ("train", "eval")]
     return GrainInput.from_config(config, sources[0], train_transform(config.image_size),
-                                  sources[1], eval_transform(config.image_size))
+                                  sources[1], eval_transform(config.image_size),
+                                  fingerprint=fingerprint(version, config.data_format),
+                                  damaged_files=functools.partial(damaged_files, version,
+                                                                  reader, config.data_format))
+
+
+def builder(version_dir: epath.Path, data_format: str):
+    """TFDS's reader of `version_dir` in `data_format` (a directory may hold both formats,
+    its dataset_info.json naming one); checks the class count and that every shard exists."""
+    import tensorflow_datasets as tfds
+    reader = tfds.builder_from_directory(str(version_dir))
+    reader.info.set_file_format(data_format, override=True, override_if_initialized=True)
+    classes = reader.info.features["label"].num_classes
+    if classes != INFO.num_classes:
+        raise ValueError(f"{version_dir} has {classes} classes, not {NAME}'s "
+                         f"{INFO.num_classes}")
+    present = {path.name for path in version_dir.iterdir()}  # one listing, not a stat a shard
+    missing = [name for split in SPLITS.values() for name in reader.info.splits[split].filenames
+               if name not in present]
+    if missing:
+        raise FileNotFoundError(f"{version_dir} lacks {len(missing)} of the {data_format} "
+                                f"shards its dataset_info.json lists, e.g. {missing[0]}")
+    return reader
+
+
+def _shards(version_dir, reader):
+    """(path, records) of every shard of both splits."""
+    for split in SPLITS.values():
+        info = reader.info.splits[split]
+        yield from ((version_dir / name, n) for name, n in zip(info.filenames,
+                                                               info.shard_lengths))
+
+
+def fingerprint(version_dir: epath.Path, data_format: str) -> str:
+    """A short hash of the format and dataset_info.json (the splits' shards, their record
+    counts and bytes): one file read, however many shards."""
+    info = (version_dir / "dataset_info.json").read_bytes()
+    return hashlib.sha256(data_format.encode() + info).hexdigest()[:16]
+
+
+def damaged_files(version_dir: epath.Path, reader, data_format: str) -> list[str]:
+    """The shards whose record count differs from dataset_info.json's (truncated files),
+    each with what was found."""
+    found = []
+    for path, expected in _shards(version_dir, reader):
+        try:
+            count, cut = (_array_records(path) if data_format == "array_record"
+                          else _tfrecords(path))
+            seen = f"{count} records" + (" and a truncated one" if cut else "")
+        except Exception as error:  # unreadable
+            count, cut, seen = None, True, f"unreadable records ({error})"
+        if cut or count != expected:
+            found.append(f"{path} holds {seen}, dataset_info.json says {expected}")
+    return found
+
+
+def _array_records(path: epath.Path) -> tuple[int, bool]:
+    from array_record.python import array_record_module
+    return array_record_module.ArrayRecordReader(str(path)).num_records(), False
+
+
+def _tfrecords(path: epath.Path) -> tuple[int, bool]:
+    """(whole records, whether a truncated one follows) of a TFRecord file, counted from
+    their length headers (payloads are skipped)."""
+    size, count = path.stat().length, 0
+    with path.open("rb") as f:
+        while header := f.read(12):  # uint64 length, uint32 CRC of the length
+            end = f.tell() + int.from_bytes(header[:8], "little") + 4  # payload and its CRC
+            if len(header) < 12 or end > size:
+                return count, True
+            f.seek(end)
+            count += 1
+    return count, False
 
 
 def inception_crop(width: int, height: int, rng: np.random.Generator,

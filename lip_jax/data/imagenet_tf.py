@@ -56,9 +56,13 @@ class TfRecordInput:
         import tensorflow_datasets as tfds
         self.tf = _tensorflow(self.version_dir)
         self.tfds = tfds
-        self.builder = tfds.builder_from_directory(str(self.version_dir))
+        self.builder = imagenet.builder(self.version_dir, "tfrecord")
         self.num_train = self.builder.info.splits["train"].num_examples
         self.num_eval = self.builder.info.splits["validation"].num_examples
+        self.fingerprint = imagenet.fingerprint(self.version_dir, "tfrecord")
+
+    def damaged_files(self) -> list[str]:
+        return imagenet.damaged_files(self.version_dir, self.builder, "tfrecord")
 
     def _read(self, split, **kwargs):
         """Records of `split` as `{"image": JPEG bytes, "label": int64, ...}`."""

@@ -11,6 +11,7 @@ with its threads); the batches are the same either way.
 
 import collections
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -24,6 +25,25 @@ class DatasetInfo(NamedTuple):
     num_eval: int
     mean: tuple[float, ...]  # per channel, in pixel units (0-255)
     std: tuple[float, ...]
+
+
+def digest(*sources: Sequence) -> str:
+    """A short hash of in-memory examples' images and labels: equal wherever the data is."""
+    h = hashlib.sha256()
+    for source in sources:
+        for example in source:
+            h.update(np.ascontiguousarray(example["image"]).tobytes())
+            h.update(int(example["label"]).to_bytes(8, "little", signed=True))
+    return h.hexdigest()[:16]
+
+
+def check_labels(labels, num_classes: int, where) -> None:
+    """Raises ValueError naming `where` if a label lies outside 0..num_classes-1."""
+    labels = np.asarray(labels)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise ValueError(f"{where} holds labels outside 0..{num_classes - 1} ({len(bad)} of "
+                         f"them), e.g. {labels[bad[0]]} at example {bad[0]}")
 
 
 def local_batch(global_batch: int, process_count: int) -> int:
@@ -92,18 +112,24 @@ class GrainInput:
     seed: int
     num_threads: int = 8
     num_workers: int = 0
+    fingerprint: str = ""  # what was read, in short: the same wherever the data is
+    damaged_files: Callable[[], list[str]] = list  # files found damaged (after an error)
 
     @classmethod
     def from_config(cls, config, train_source, train_transform, eval_source,
-                    eval_transform) -> "GrainInput":
+                    eval_transform, **kw) -> "GrainInput":
         """With `config`'s batch_size, seed, num_threads and num_workers."""
         return cls(train_source, train_transform, eval_source, eval_transform,
                    batch_size=config.batch_size, seed=config.seed,
-                   num_threads=config.num_threads, num_workers=config.num_workers)
+                   num_threads=config.num_threads, num_workers=config.num_workers, **kw)
 
     @property
     def num_train(self) -> int:
         return len(self.train_source)
+
+    @property
+    def num_eval(self) -> int:
+        return len(self.eval_source)
 
     def train_batches(self, start_step, process_index, process_count):
         return train_batches(self.train_source, self.train_transform, self.batch_size,

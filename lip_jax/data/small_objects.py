@@ -18,7 +18,7 @@ import functools
 import numpy as np
 
 from lip_jax.data.fashion_mnist import eval_transform, train_transform
-from lip_jax.data.pipeline import DatasetInfo, GrainInput
+from lip_jax.data.pipeline import DatasetInfo, GrainInput, digest
 
 IMAGE_SIZE = 64
 CLASSES = ("disk", "square", "triangle", "plus", "ring", "bars")
@@ -30,9 +30,10 @@ DISTRACTORS = (3, 7)  # fragments per image, [low, high)
 SUPERSAMPLE = 4  # sub-pixels per pixel side when drawing (anti-aliasing)
 INFO = DatasetInfo(num_classes=len(CLASSES), num_train=SPLITS["train"][1],
                    num_eval=SPLITS["test"][1], mean=(127.4,), std=(28.8,))
+CONFIG_FIELDS = ()  # the dataset-specific config fields it reads
 
-__all__ = ["CLASSES", "INFO", "eval_transform", "example", "image_shape", "input_pipeline",
-           "load", "train_transform"]
+__all__ = ["CLASSES", "CONFIG_FIELDS", "INFO", "eval_transform", "example", "image_shape",
+           "input_pipeline", "load", "train_transform"]
 
 
 def _inside(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -133,5 +134,6 @@ def image_shape(config) -> tuple[int, int, int]:
 
 def input_pipeline(config) -> GrainInput:
     """Both splits, generated in memory (seed 0: the same images for any training seed)."""
-    return GrainInput.from_config(config, load("train"), train_transform, load("test"),
-                                  eval_transform)
+    train, test = load("train"), load("test")
+    return GrainInput.from_config(config, train, train_transform, test, eval_transform,
+                                  fingerprint=digest(train, test))

@@ -1,20 +1,36 @@
-"""orbax checkpoints of the train state: async, atomic, keep N, newest restorable first.
+"""orbax checkpoints of the train state: async, atomic, keep N, checksummed, newest intact
+first.
 
-Every decision here is the same on every process: orbax decides time-based saves on the
-primary process and broadcasts them; a state is checked finite by a replicated reduction.
+A checkpoint is `<directory>/<step>/` as orbax commits it (`_CHECKPOINT_METADATA` and the
+item `default/`) plus `checksums.json`, written once the commit is done (before the next
+save, or on `wait`). Reading tries the newest first: one whose bytes differ from its
+checksums, or that does not restore while an older one does, is passed over; so is any
+entry named like a step that is not a committed checkpoint (an empty `99/`, a step without
+its item, a file), which would stop orbax from reading any other. When writable (the one
+trainer of the work directory) they are set aside, renamed `<name>.stray-<n>` or
+`<name>.corrupt-<n>` (never deleted), so that training saves those steps again. Every
+decision is the same on every process: process 0 lists, checks and renames, the others
+follow through the key-value store (`cluster`).
 """
 
+import contextlib
 import logging
+import re
 
 import flax.serialization
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.experimental import multihost_utils
+
+from lip_jax import checksums, pretrained
+from lip_jax.train import cluster
 
 log = logging.getLogger("lip_jax")
+
+ITEM = "default"  # orbax's name of a manager's single item
+STEP_NAME = re.compile(r"0|[1-9][0-9]*")  # the names orbax reads as steps
+RETRIES = 5  # listings when a step vanishes while it is read (a trainer keeping few)
 
 
 @jax.jit
@@ -22,22 +38,14 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def same_on_every_process(value: int, what: str) -> int:
-    """`value`, after checking that every process holds the same; else RuntimeError on all
-    of them (a directory that reads differently on different hosts, e.g. a local path on
-    hosts that do not share it, must not split the run or hang it in a collective)."""
-    if jax.process_count() > 1:
-        values = multihost_utils.process_allgather(np.int64(value)).tolist()
-        if len(set(values)) > 1:
-            raise RuntimeError(f"the processes disagree on {what}: {values} by process; "
-                               "their views of the work directory differ")
-    return value
+def _committed(path: epath.Path) -> bool:
+    return (path / "_CHECKPOINT_METADATA").is_file() and (path / ITEM).is_dir()
 
 
-def exists_on_every_process(directory) -> bool:
-    """Whether `directory` exists, checked to read the same on every process."""
-    return bool(same_on_every_process(int(epath.Path(directory).exists()),
-                                      f"whether {directory} exists (1: yes)"))
+def _on_process_0(what: str, compute):
+    """`compute()` on process 0 (JSON), given to every process."""
+    value = compute() if jax.process_index() == 0 else None
+    return cluster.exchange(what, value)[0]
 
 
 class Checkpoints:
@@ -45,20 +53,43 @@ class Checkpoints:
 
     def __init__(self, directory, keep: int | None = None, every_secs: float | None = None):
         """`directory`: a local path or a cloud URL such as gs://bucket/run/checkpoints.
-        `keep` checkpoints are kept when training; `keep=None` opens them read-only (eval),
-        creating nothing. `every_secs`: the least time between two `should_save` steps."""
+        `keep` checkpoints are kept when training; `keep=None` opens them read-only (eval,
+        init_from), creating and renaming nothing. `every_secs`: the least time between two
+        `should_save` steps."""
         directory = epath.Path(directory)
         if "://" not in str(directory):
             directory = directory.resolve()
-        self.writable = keep is not None
-        policy = None
-        if every_secs is not None:
-            policy = ocp.checkpoint_managers.ContinuousCheckpointingPolicy(
-                minimum_interval_secs=every_secs)
-        self.manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=True, save_decision_policy=policy,
-            create=self.writable, read_only=not self.writable,
-            cleanup_tmp_directories=self.writable))  # left by saves that were killed
+        self.directory, self.writable = directory, keep is not None
+        self._keep, self._every_secs, self._manager = keep, every_secs, None
+        self._unsealed = []  # saved steps whose checksums are not yet written
+        if self.writable:
+            strays = _on_process_0("checkpoint entries to set aside", lambda: [
+                p.name for p in (directory.iterdir() if directory.is_dir() else [])
+                if STEP_NAME.fullmatch(p.name) and not _committed(p)])
+            self._set_aside(strays, "stray", "not a committed checkpoint")
+
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        """orbax's manager, which saves; made at its first use, after any damaged
+        checkpoint is set aside (it reads every checkpoint's metadata)."""
+        if self._manager is None:
+            policy = None
+            if self._every_secs is not None:
+                policy = ocp.checkpoint_managers.ContinuousCheckpointingPolicy(
+                    minimum_interval_secs=self._every_secs)
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=ocp.CheckpointManagerOptions(
+                    max_to_keep=self._keep, enable_async_checkpointing=True,
+                    save_decision_policy=policy, create=True,
+                    cleanup_tmp_directories=True))  # left by saves that were killed
+        return self._manager
+
+    def steps(self) -> list[int]:
+        """The committed checkpoints' steps, oldest first (as process 0 lists them)."""
+        directory = self.directory
+        return _on_process_0(f"the checkpoints in {directory}", lambda: sorted(
+            int(p.name) for p in (directory.iterdir() if directory.is_dir() else [])
+            if STEP_NAME.fullmatch(p.name) and _committed(p)))
 
     def should_save(self, step: int) -> bool:
         """Whether `every_secs` have passed since the last save and none is in flight: decided
@@ -68,66 +99,134 @@ class Checkpoints:
 
     def save(self, state) -> None:
         """Saves `state` in the background; raises FloatingPointError, saving nothing, if it
-        holds a non-finite value."""
+        holds a non-finite value, and OSError if writing fails (a full disk)."""
         step = int(jax.device_get(state.step))
         if not jax.device_get(_all_finite(state)):
             raise FloatingPointError(f"the state after step {step} holds non-finite values: "
                                      f"not saved; {self.intact()}")
-        self.manager.save(step, args=ocp.args.StandardSave(
-            flax.serialization.to_state_dict(state)), force=True)
+        self.wait()
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(
+                flax.serialization.to_state_dict(state)), force=True)
+        except Exception as error:
+            raise OSError(f"saving the checkpoint of step {step} in {self.directory} "
+                          f"fails: {error}") from None
+        self._unsealed.append(step)
+
+    def wait(self) -> None:
+        """Waits for the save in flight, then writes the checksums of what it committed."""
+        if self._manager is None:
+            return
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:
+            raise OSError(f"saving a checkpoint in {self.directory} fails: {error}") from None
+        if jax.process_index() == 0:
+            for step in self._unsealed:
+                if (self.directory / str(step)).is_dir():  # not yet removed (keep)
+                    checksums.write(self.directory / str(step))
+        self._unsealed = []
 
     def intact(self) -> str:
         """Names the newest checkpoint (all saved states are finite), after pending saves."""
         self.wait()
-        step = self.manager.latest_step()
-        if step is None:
+        steps = self.steps()
+        if not steps:
             return "no checkpoint has been saved"
-        return f"the newest checkpoint (step {step}) in {self.manager.directory} is intact"
+        return f"the newest checkpoint (step {steps[-1]}) in {self.directory} is intact"
 
     def restore_latest(self, abstract_state):
-        """The newest checkpoint that restores, laid out like `abstract_state` (shapes,
-        dtypes, shardings), or None if there is none. Newer checkpoints that fail to restore
-        while an older one restores are corrupt: when writable, they are set aside as
-        `<step>.corrupt-<n>` (never deleted) so that training saves those steps again. If
-        every one fails (a corrupt directory or another model), raises RuntimeError."""
+        """The newest checkpoint that is intact and restores, laid out like `abstract_state`
+        (shapes, dtypes, shardings), or None if there is none."""
         target = flax.serialization.to_state_dict(abstract_state)
-        failed, restored_step, state = [], None, None
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
-            except Exception as error:  # corrupt, truncated or mismatched files
-                log.warning("checkpoint at step %d does not restore (%s); trying an older one",
-                            step, error)
-                failed.append((step, error))
-                continue
-            restored_step = step
-            state = flax.serialization.from_state_dict(abstract_state, restored)
-            break
-        same_on_every_process(-1 if restored_step is None else restored_step,
-                              f"the step restored from {self.manager.directory} (-1: none)")
-        if restored_step is not None:
-            if failed and self.writable:
-                self._set_aside([s for s, _ in failed])
-            return state
-        if failed:
-            raise RuntimeError(f"no checkpoint in {self.manager.directory} restores:\n  "
-                               + "\n  ".join(f"step {s}: {e}" for s, e in failed))
-        return None
 
-    def _set_aside(self, steps) -> None:
-        directory = epath.Path(self.manager.directory)
+        def read(path):  # the handler: no barrier that a failing process would not reach
+            restored = ocp.StandardCheckpointHandler().restore(
+                path, args=ocp.args.StandardRestore(target))
+            return flax.serialization.from_state_dict(abstract_state, restored)
+        return self.newest(read)[1]
+
+    def newest(self, read) -> tuple[int | None, object]:
+        """`(step, read(path of its item))` for the newest checkpoint that matches its
+        checksums and that `read` reads on every process; `(None, None)` if there is no
+        checkpoint. Damaged ones are set aside when writable. Raises ValueError listing
+        every failure if none reads."""
+        failures, unreadable = {}, []
+        for _ in range(RETRIES):
+            steps = self.steps()
+            vanished = False
+            for step in reversed(steps):
+                path = self.directory / str(step)
+                problem = _on_process_0(f"checking step {step}", lambda: _damage(path))
+                if problem:
+                    log.warning("checkpoint at step %d is damaged (%s): trying an older one",
+                                step, problem)
+                    failures[step] = problem
+                    self._set_aside([step], "corrupt", problem)
+                    continue
+                try:
+                    value, error = read(path / ITEM), None
+                except Exception as e:  # truncated or mismatched files, another model
+                    value, error = None, " ".join(str(e).split())[:300] or type(e).__name__
+                errors = [e for e in cluster.exchange(f"reading step {step}", error) if e]
+                if not errors:
+                    self._set_aside(unreadable, "corrupt", "does not restore")
+                    return step, value
+                if not _on_process_0(f"step {step} exists", lambda: path.exists()):
+                    vanished = True  # removed by the trainer that keeps few: list again
+                    break
+                log.warning("checkpoint at step %d does not restore (%s): trying an older one",
+                            step, errors[0])
+                failures[step] = errors[0]
+                unreadable.append(step)
+            if not vanished:
+                break
+        if failures:
+            raise ValueError(f"no checkpoint in {self.directory} restores: " + "; ".join(
+                f"step {s}: {e}" for s, e in sorted(failures.items(), reverse=True)))
+        return None, None
+
+    def read_variables(self) -> dict:
+        """params and batch_stats of the newest intact checkpoint, as NumPy arrays."""
+        step, variables = self.newest(pretrained.read_variables)
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return variables
+
+    def _set_aside(self, names, reason: str, why: str) -> None:
+        """Renames entries `names` to `<name>.<reason>-<n>` (process 0) when writable."""
+        if not names or not self.writable:
+            return
         if jax.process_index() == 0:
-            for step in steps:
+            for name in names:
+                if not (self.directory / str(name)).exists():
+                    continue
                 n = 1
-                while (directory / f"{step}.corrupt-{n}").exists():
+                while (self.directory / f"{name}.{reason}-{n}").exists():
                     n += 1
-                aside = (directory / str(step)).rename(directory / f"{step}.corrupt-{n}")
-                log.warning("set the corrupt checkpoint aside as %s", aside)
-        multihost_utils.sync_global_devices("lip_jax: corrupt checkpoints set aside")
-        self.manager.reload()
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+                aside = (self.directory / str(name)).rename(
+                    self.directory / f"{name}.{reason}-{n}")
+                log.warning("set %s aside as %s: %s", name, aside, why)
+        cluster.exchange("checkpoints set aside", None)  # the others wait for the renames
+        if self._manager is not None:
+            self._manager.reload()
 
     def close(self) -> None:
-        self.manager.close()
+        """Waits for the save in flight (raising its error) and closes orbax's manager."""
+        if self._manager is None:
+            return
+        try:
+            self.wait()
+        except BaseException:
+            with contextlib.suppress(Exception):  # after a failed save it fails too
+                self._manager.close()
+            raise
+        self._manager.close()
+
+
+def _damage(path: epath.Path) -> str | None:
+    """Why the checkpoint at `path` must not be read, or None (checksums match, or the
+    checkpoint predates them or was stopped before writing them: then orbax decides)."""
+    if not path.exists():
+        return None  # removed meanwhile: reading it fails and the steps are listed again
+    return checksums.mismatch(path) if checksums.written(path) else None

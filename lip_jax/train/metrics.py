@@ -17,7 +17,12 @@ class MetricsWriter:
 
     def __init__(self, workdir, enabled: bool = True):
         self.enabled = enabled
-        self.file = (epath.Path(workdir) / "metrics.jsonl").open("a") if enabled else None
+        path = epath.Path(workdir) / "metrics.jsonl"
+        if enabled and path.exists():
+            text = path.read_text()
+            if text and not text.endswith("\n"):  # a row cut off (a full disk): drop it
+                path.write_text(text[:text.rfind("\n") + 1])
+        self.file = path.open("a") if enabled else None
         self.tensorboard = None
         if enabled:
             try:
@@ -43,15 +48,35 @@ class MetricsWriter:
                 self.tensorboard.close()
 
 
+def read_metrics(workdir) -> list[dict]:
+    """The rows of `workdir/metrics.jsonl` ([] if there is none); a last row cut off
+    (interrupted while written) is left out. Raises ValueError naming the line of any other
+    row that is not a JSON object of numbers."""
+    path = epath.Path(workdir) / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    lines = text.split("\n")[:-1]  # the text after the last newline was cut off
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            assert isinstance(row, dict) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values())
+        except (ValueError, AssertionError):
+            raise ValueError(f"{path} line {number} is not a metrics row (a JSON object of "
+                             f"numbers): {line[:80]!r}") from None
+        rows.append(row)
+    return rows
+
+
 def last_evaluation(workdir) -> dict:
     """The newest evaluation row of `workdir/metrics.jsonl` ({} if there is none)."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    rows = path.read_text().splitlines() if path.exists() else []
-    for line in reversed(rows):
-        row = json.loads(line)
-        if "eval_top1" in row:
-            return row
-    return {}
+    return next((row for row in reversed(read_metrics(workdir)) if "eval_top1" in row), {})
+
+
+def wall_time(workdir) -> float:
+    """The run's training time so far (`wall_time_s` of its newest row; 0 if none)."""
+    return next((row["wall_time_s"] for row in reversed(read_metrics(workdir))
+                 if "wall_time_s" in row), 0.0)
 
 
 class Progress:

@@ -31,7 +31,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, mean, std
                                       images, train=True, mutable=["batch_stats"])
         logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
-        return loss, (logits, updates["batch_stats"])
+        return loss, (logits, updates.get("batch_stats", {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)

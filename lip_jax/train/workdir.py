@@ -1,15 +1,20 @@
-"""A work directory's guards: one trainer at a time, and checkpoints of the right model."""
+"""A work directory's guards: one trainer at a time, one directory seen by every process,
+checkpoints of the right model, and config.json as the record of what the run computes."""
 
-import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
+import uuid
 
 import jax
-import numpy as np
 from etils import epath
-from jax.experimental import multihost_utils
+
+from lip_jax.train import cluster
+from lip_jax.train.config import CHANGES, DEFAULTS, KIND, RECORDED, as_json, read_record, record
+
+log = logging.getLogger("lip_jax")
 
 # The fields that decide the checkpoint's tree; a mismatch is named before orbax is asked.
 IDENTITY = ("model", "model_kwargs", "dataset")
@@ -21,47 +26,119 @@ def check_matches(config, workdir) -> None:
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         return
-    written = json.loads(path.read_text())
-    ours = json.loads(config.to_json())
-    if any(written.get(k) != ours.get(k) for k in IDENTITY):
+    written, ours = read_record(path), as_json(config)
+    if any(written.get(k, _default(k)) != ours[k] for k in IDENTITY):
         describe = lambda c: (f"model {c.get('model')} {c.get('model_kwargs') or ''} on "
                               f"{c.get('dataset')}").replace("  ", " ")
         raise ValueError(f"checkpoint in {workdir} was written by {describe(written)} "
                          f"({path}), not {describe(ours)}")
 
 
-@contextlib.contextmanager
-def exclusive(workdir):
-    """Creates `workdir` and holds `workdir/lock` (process 0) while the block runs, so that
-    a second trainer on the same directory fails with an error instead of overwriting its
-    checkpoints. The OS drops the lock when the holder dies. Every process agrees on the
-    outcome (broadcast from process 0). Cloud URLs are not locked."""
-    workdir = epath.Path(workdir)
-    handle, holder = None, ""
+def _default(name):
+    return json.loads(json.dumps(DEFAULTS[name]))
+
+
+def check_record(config, workdir, step: int, allow_change: bool) -> list[dict]:
+    """The changes list for `workdir/config.json`: its recorded changes, plus one entry
+    `{step, field, old, new}` per recorded field that `config` changes. A change of a field
+    of kind "math" (it changes what the run computes) raises ValueError naming each as
+    `field: old -> new`, unless `allow_change`. No config.json: no changes."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        return []
+    written, ours = read_record(path), as_json(config)
+    new = [dict(step=step, field=k, old=written.get(k, _default(k)), new=ours[k])
+           for k in RECORDED if written.get(k, _default(k)) != ours[k]]
+    refused = [c for c in new if KIND[c["field"]] == "math"]
+    if refused and not allow_change:
+        raise ValueError(
+            f"{path} records this run with other values of fields that change what it "
+            "computes: " + ", ".join(f"{c['field']}: {json.dumps(c['old'])} -> "
+                                     f"{json.dumps(c['new'])}" for c in refused)
+            + "; resume with the recorded values, use another --workdir, or pass "
+            "--allow-config-change to continue with the new ones (recorded in config.json)")
+    for c in new:
+        log.info("config.%s: %s -> %s at step %d (recorded in %s)", c["field"],
+                 json.dumps(c["old"]), json.dumps(c["new"]), step, path)
+    return written.get(CHANGES, []) + new
+
+
+def write_record(config, workdir, changes: list[dict]) -> None:
+    """Writes `workdir/config.json` whole (process 0)."""
     if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        if "://" not in str(workdir):
-            handle = open(workdir / "lock", "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                handle.close()
-                handle = None
+        partial = epath.Path(workdir) / "config.json.tmp"
+        partial.write_text(record(config, changes))
+        partial.replace(epath.Path(workdir) / "config.json")
+
+
+class Claim:
+    """`workdir` held by this trainer (the `with` block): created if `create` (process 0),
+    locked (`workdir/lock`, process 0's `flock`; the OS drops it when the holder dies; cloud
+    URLs are not locked), and checked to be one directory for every process: process 0
+    writes a token into the lock file that each process must read back (hosts that each
+    use a local disk would otherwise train apart). If the block fails before `started()`,
+    a directory it created is removed: a failed command leaves no new directory."""
+
+    def __init__(self, workdir, create: bool):
+        self.workdir, self.create = epath.Path(workdir), create
+        self.handle, self.begun = None, False
+
+    def __enter__(self):
+        try:
+            self._lock()
+            self._check_shared()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def started(self) -> None:
+        """The run has begun: keep the directory whatever happens next."""
+        self.begun = True
+
+    def __exit__(self, error_type, error, traceback):
+        if self.handle is not None:
+            self.handle.close()
+        if not self.begun and self.create and jax.process_index() == 0:
+            if self.workdir.exists():
+                self.workdir.rmtree()
+
+    def _lock(self) -> None:
+        holder, token = "", uuid.uuid4().hex
+        if jax.process_index() == 0:
+            if self.create:
+                self.workdir.mkdir(parents=True, exist_ok=True)
+            path = self.workdir / "lock"
+            if "://" in str(self.workdir):
+                path.write_text(f"token {token}\n")
             else:
-                handle.truncate(0)
-                handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-                handle.flush()
-    held = np.int32(not holder)
-    if jax.process_count() > 1:
-        held = multihost_utils.broadcast_one_to_all(held)
-    if not held:
-        by = f"{holder}, " if holder else ""
-        raise RuntimeError(f"{workdir} is in use by another trainer ({by}lock "
-                           f"{workdir / 'lock'}): wait for it to end or use another --workdir")
-    try:
-        yield workdir
-    finally:
-        if handle is not None:
-            handle.close()
+                self.handle = open(path, "a+")
+                try:
+                    fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    self.handle.seek(0)
+                    holder = self.handle.read().split(", token")[0].strip() or "another process"
+                    self.handle.close()
+                    self.handle = None
+                else:
+                    self.handle.truncate(0)
+                    self.handle.write(f"pid {os.getpid()} on {socket.gethostname()}, "
+                                      f"token {token}\n")
+                    self.handle.flush()
+        holder, self.token = cluster.exchange("the work directory lock", [holder, token])[0]
+        if holder:
+            self.create = False  # not ours to remove
+            raise BlockingIOError(f"{self.workdir} is in use by another trainer ({holder}, "
+                                  f"lock {self.workdir / 'lock'}): wait for it to end or use "
+                                  "another --workdir")
+
+    def _check_shared(self) -> None:
+        path = self.workdir / "lock"
+        sees = path.exists() and f"token {self.token}" in path.read_text()
+        blind = [p for p, ok in enumerate(cluster.exchange("the work directory", sees))
+                 if not ok]
+        if blind:
+            raise ValueError(f"process{'es' * (len(blind) > 1)} "
+                             f"{', '.join(map(str, blind))} do not see {path} that process 0 "
+                             f"wrote: every process must use the same work directory (one "
+                             "shared file system or a gs:// URL), not a disk of its own")
