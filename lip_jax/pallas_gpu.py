@@ -38,8 +38,8 @@ from jax.experimental.pallas import triton as plgpu
 from lip_jax.lip_kernel import out_struct
 
 BLOCK_W = 8  # output columns (forward) or column strides (backward) per program
-MAX_BLOCK_C = 128  # features per program
-NUM_WARPS = 4  # (8, 128, 4): fastest of 4 tilings on an H100 (experiments/gpu_check.py)
+MAX_BLOCK_C = 64  # features per program
+NUM_WARPS = 2  # (8, 64, 2): fastest of 4 tilings on an H200 (experiments/gpu_check.py)
 
 
 def _pow2(n: int) -> int:

@@ -228,7 +228,7 @@ def test_bfloat16_pth_converts_exactly(tiny_lip_resnet_sd, tmp_path):
 def test_unreadable_files_are_named(tmp_path):
     garbage = tmp_path / "weights.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(convert.CheckpointError, match="weights.pth is not a torch checkpoint"):
+    with pytest.raises(convert.CheckpointError, match="weights.pth is not a .pth checkpoint"):
         convert.read_checkpoint(garbage)
     with pytest.raises(convert.CheckpointError, match=r"expected a .pth, .pt, .pth.tar"):
         convert.read_checkpoint(tmp_path / "weights.bin")
