@@ -45,3 +45,14 @@ def test_bench_models_writes_json(tmp_path, monkeypatch):
     (pair,) = result["pairs"]
     assert pair["lip"] == "lip_cnn" and pair["throughput_ratio"] > 0
     assert all(row["peak_bytes"] > 0 for row in result["rows"])
+
+
+def test_bench_xla_parts_writes_json(tmp_path, monkeypatch):
+    out = tmp_path / "parts.json"
+    run_experiment("bench_xla_parts.py", monkeypatch, "--shapes", "2,7,6,4", "--reps", "1",
+                   "--inner", "1", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["dtype"] for row in rows} == {"float32", "bfloat16"}
+    assert {"xla (default graph)", "fast form only", "naive autodiff"} <= {
+        row["variant"] for row in rows}
+    assert all(row["forward_backward_ms"] > 0 for row in rows)

@@ -1,0 +1,97 @@
+"""Diagnostic: what each part of the XLA graph of `lip_pool` costs (k3 s2 p1).
+
+    python experiments/bench_xla_parts.py [--out FILE]
+
+Times, forward and forward+backward, side by side in one run: the default XLA graph
+(`lip_jax.lip_xla.lip`: per-image stats, a `lax.cond`, the chosen form), its fast form
+alone (no stats, no cond), the stats and cond with the fast form in both branches, plain
+autodiff of the fast form, autodiff of the per-window form, the mixed branch, the GPU
+kernel (on a GPU) and naive autodiff. Writes experiments/results/bench_xla_parts.json.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_pooling import PADS, interleaved_medians, jax_timer, lip, naive_lip  # noqa: E402
+
+from lip_jax import lip_xla as X  # noqa: E402
+from lip_jax import ops  # noqa: E402
+
+
+def _window(x):
+    return ops.pool_window(x.shape, (3, 3), (2, 2), PADS)
+
+
+def fast_only(x, l):
+    zero = jnp.zeros((), jnp.float32)
+    return X._image_lip(x, l, zero, zero, _window(x))
+
+
+def stats_cond_fast(x, l):
+    w = _window(x)
+    shift, fast = X._image_stats(X._compute(x, l, w)[1], w)
+    branch = lambda *a: X._image_lip(*a, w)
+    return lax.cond(jnp.all(fast), branch, branch, x, l, shift, fast)
+
+
+def fast_autodiff(x, l):
+    w = _window(x)
+    xc, lc = X._compute(x, l, w)
+    shift = lax.stop_gradient(X._image_max(lc, w))
+    return X._image_form(xc, lc, shift, w)[0].astype(x.dtype)
+
+
+def window_autodiff(x, l):
+    w = _window(x)
+    return X._window_form(*X._compute(x, l, w), w)[0].astype(x.dtype)
+
+
+def mixed_branch(x, l):
+    w = _window(x)
+    shift, fast = X._image_stats(X._compute(x, l, w)[1], w)
+    return X._mixed_lip(x, l, shift, fast, w)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=["32,56,56,256", "128,28,28,32"])
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--inner", type=int, default=10)
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).parent / "results" / "bench_xla_parts.json")
+    args = parser.parse_args(argv)
+    pools = {"xla (default graph)": lip("xla"), "fast form only": fast_only,
+             "stats + cond, fast both ways": stats_cond_fast,
+             "autodiff of fast form": fast_autodiff,
+             "autodiff of per-window form": window_autodiff,
+             "mixed branch": mixed_branch, "naive autodiff": naive_lip}
+    if jax.default_backend() == "gpu":
+        pools["pallas_gpu"] = lip("pallas_gpu")
+    rows = []
+    for shape in [tuple(int(v) for v in s.split(",")) for s in args.shapes]:
+        for dtype in (jnp.float32, jnp.bfloat16):
+            k1, k2 = jax.random.split(jax.random.key(0))
+            x = jax.random.normal(k1, shape, dtype)
+            l = ops.soft_gate(jax.random.normal(k2, shape)).astype(dtype)
+            timers = {name: jax_timer(pool, x, l) for name, pool in pools.items()}
+            for name, (fwd, fwd_bwd) in interleaved_medians(timers, args.reps,
+                                                            args.inner).items():
+                rows.append(dict(shape=list(shape), dtype=jnp.dtype(dtype).name, variant=name,
+                                 forward_ms=fwd, forward_backward_ms=fwd_bwd))
+                print(f"{str(shape):>20} {rows[-1]['dtype']:>9} {name:>29} {fwd:8.3f} "
+                      f"{fwd_bwd:8.3f}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(dict(device=jax.devices()[0].device_kind,
+                                        jax=jax.__version__, rows=rows), indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
