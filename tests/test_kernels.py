@@ -162,6 +162,7 @@ def _uses_kernel(**kwargs):
     return "pallas_call" in str(jaxpr)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the 8 CPU devices of conftest.py")
 def test_default_picks_the_kernel_where_set_on_any_device_count(monkeypatch):
     assert jax.device_count() == 8  # tests/conftest.py
     assert _uses_kernel(implementation="pallas")
