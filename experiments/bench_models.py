@@ -8,8 +8,8 @@ For each (LIP, baseline) pair: images/s of a full train step (forward, backward,
 update, BatchNorm statistics) at the same batch and resolution, and XLA's memory analysis
 of the compiled step (arguments + temporaries). `lip_cnn:cnn` runs at the default job's
 28x28x1 and batch 128 instead. `--implementations` times the LIP model once per
-`lip_pool` implementation (set as the backend's default while it is traced). Prints a
-table; writes experiments/results/bench_models.json.
+`lip_pool` implementation (set as the backend's default, with and without logit bounds,
+while it is traced). Prints a table; writes experiments/results/bench_models.json.
 """
 
 import argparse
@@ -92,7 +92,8 @@ def main(argv=None):
         b = measure(base, args.batch, args.size, args.reps, args.dtype)
         rows.append(b)
         for impl in args.implementations:
-            ops.DEFAULT_IMPLEMENTATION[backend] = impl
+            for defaults in (ops.DEFAULT_IMPLEMENTATION, ops.DEFAULT_BOUNDED_IMPLEMENTATION):
+                defaults[backend] = impl
             a = measure(lip, args.batch, args.size, args.reps, args.dtype, **args.lip_kwargs)
             a["implementation"] = impl
             rows.append(a)

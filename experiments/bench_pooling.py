@@ -1,6 +1,7 @@
-"""Benchmark: lip_pool (the XLA graph and each fused kernel) side by side with plain
-autodiff of the naive formula, avg_pool, an elementwise copy, PyTorch's official
-formulation and, optionally, lip_pool at an earlier commit.
+"""Benchmark: lip_pool (the XLA graph, with and without the logit bounds (0, 12) that its
+logits keep, and each fused kernel) side by side with plain autodiff of the naive
+formula, avg_pool, an elementwise copy, PyTorch's official formulation and, optionally,
+lip_pool at an earlier commit.
 
     python experiments/bench_pooling.py [--shapes 32,56,56,256 128,28,28,32] [--reps 7]
         [--inner 1] [--pallas] [--against cad5062]
@@ -55,10 +56,10 @@ def naive_lip(x, logits):
     return (ops.window_sum(w * xf, window) / ops.window_sum(w, window)).astype(x.dtype)
 
 
-def lip(implementation, module=ops):
-    return lambda x, logits: module.lip_pool(x, logits, (3, 3), (2, 2), PADS,
-                                             **({"implementation": implementation}
-                                                if implementation else {}))
+def lip(implementation, module=ops, **options):
+    if implementation:
+        options["implementation"] = implementation
+    return lambda x, logits: module.lip_pool(x, logits, (3, 3), (2, 2), PADS, **options)
 
 
 def ops_at(ref: str):
@@ -159,7 +160,8 @@ def run(shapes, reps, inner, kernels, torch_device, peak_gbps, against):
         for dtype in (jnp.float32, jnp.bfloat16):
             x = jax.random.normal(k1, shape, dtype)
             logits = ops.soft_gate(jax.random.normal(k2, shape)).astype(dtype)
-            pools = {"lip_pool xla": lip("xla")}
+            pools = {"lip_pool xla": lip("xla"),
+                     "lip_pool xla (0,12)": lip("xla", logit_bounds=(0, 12))}
             pools |= {f"lip_pool {kernel}": lip(kernel) for kernel in kernels}
             if against:
                 pools[f"lip_pool @{against[0]}"] = lip(None, against[1])

@@ -3,8 +3,8 @@
     python experiments/bench_xla_parts.py [--out FILE]
 
 Times, forward and forward+backward, side by side in one run: the default XLA graph
-(`lip_jax.lip_xla.lip`: per-image stats, a `lax.cond`, the chosen form), its fast form
-alone (no stats, no cond), the stats and cond with the fast form in both branches, plain
+(`lip_jax.lip_xla.lip`: per-image stats, a `lax.cond`, the chosen form), the bounded-logit
+path (`logit_bounds`: the fast form alone, no stats, no cond), the stats and cond with the fast form in both branches, plain
 autodiff of the fast form, autodiff of the per-window form, the mixed branch, the GPU
 kernel (on a GPU) and naive autodiff. Writes experiments/results/bench_xla_parts.json.
 """
@@ -29,22 +29,21 @@ def _window(x):
     return ops.pool_window(x.shape, (3, 3), (2, 2), PADS)
 
 
-def fast_only(x, l):
-    zero = jnp.zeros((), jnp.float32)
-    return X._image_lip(x, l, zero, zero, _window(x))
+def bounded(x, l):
+    return X.lip(x, l, _window(x), bounded=True)
 
 
 def stats_cond_fast(x, l):
     w = _window(x)
-    shift, fast = X._image_stats(X._compute(x, l, w)[1], w)
-    branch = lambda *a: X._image_lip(*a, w)
-    return lax.cond(jnp.all(fast), branch, branch, x, l, shift, fast)
+    fast = X._image_stats(X._compute(x, l, w)[1], w, jnp.float32)[1]
+    branch = lambda x, l: X._image_lip(x, l, w)
+    return lax.cond(jnp.all(fast), branch, branch, x, l)
 
 
 def fast_autodiff(x, l):
     w = _window(x)
     xc, lc = X._compute(x, l, w)
-    shift = lax.stop_gradient(X._image_max(lc, w))
+    shift = X._image_max(lc, w)
     return X._image_form(xc, lc, shift, w)[0].astype(x.dtype)
 
 
@@ -55,7 +54,7 @@ def window_autodiff(x, l):
 
 def mixed_branch(x, l):
     w = _window(x)
-    shift, fast = X._image_stats(X._compute(x, l, w)[1], w)
+    shift, fast = X._image_stats(X._compute(x, l, w)[1], w, jnp.float32)
     return X._mixed_lip(x, l, shift, fast, w)
 
 
@@ -67,7 +66,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "bench_xla_parts.json")
     args = parser.parse_args(argv)
-    pools = {"xla (default graph)": lip("xla"), "fast form only": fast_only,
+    pools = {"xla (default graph)": lip("xla"), "bounded logits (fast form only)": bounded,
              "stats + cond, fast both ways": stats_cond_fast,
              "autodiff of fast form": fast_autodiff,
              "autodiff of per-window form": window_autodiff,

@@ -5,6 +5,9 @@ import jax
 GATE_COEFF = 12.0
 """SoftGate amplitude: logits lie in (0, 12)."""
 
+LOGIT_BOUNDS = (0.0, GATE_COEFF)
+"""The range of `soft_gate(z, GATE_COEFF)`, so of every logit module's output."""
+
 LOGIT_WIDTH = 128
 """Width of the Bottleneck-128 logit trunk."""
 

@@ -5,15 +5,17 @@ Sums run in float32 (float64 for float64 inputs). Each image (and logit channel)
 logit range is under `FAST_LOGIT_RANGE` is shifted by its own maximum: two window sums,
 the fast form. Any other image (a wider range, inf or NaN) takes the per-window form,
 which shifts each window by its own maximum over strided taps, as the kernels always do;
-it is computed only when the batch holds such an image (`lax.cond`), and the choice is
-made per image, so an image's result never depends on the rest of its batch. The result
-is the exact weighted mean for any finite logits, and a NaN or inf poisons only the
-windows that hold it.
+it is computed only when the batch holds such an image (`lax.cond`), one image at a
+time, and the choice is made per image, so an image's result never depends on the rest
+of its batch. The result is the exact weighted mean for any finite logits, and a NaN or
+inf poisons only the windows that hold it. Given `bounded` (logit ranges promised under
+`FAST_LOGIT_RANGE`), every image takes the fast form, with no statistics and no
+cond.
 
 The derivatives never use a log-sum-exp rounded at the logits' own magnitude: the fast
-form keeps its weights `exp(l - image max)` and the windows' weight sums, the per-window
-form recomputes each window's maximum. Float32 gradients keep float32 accuracy at logit
-offsets of 1e6 and magnitudes of 1e12.
+form recomputes its weights `exp(l - shift)` and keeps the windows' weight sums, the
+per-window form recomputes each window's maximum. Float32 gradients keep float32
+accuracy at logit offsets of 1e6 and magnitudes of 1e12.
 """
 
 from __future__ import annotations
@@ -57,12 +59,15 @@ def _taps(a, window: Window, fill):
             for offset in np.ndindex(*window.dims)]
 
 
-def _image_stats(l, window: Window):
-    """(shift, fast) per image and logit channel: the spatial max of the logits, and
-    whether their range is under FAST_LOGIT_RANGE (False for NaN or inf)."""
+def _image_stats(l, window: Window, ct):
+    """(shift, fast) per image and logit channel: the spatial max of the logits in `ct`
+    (a constant to every derivative, at any order: the result does not depend on it),
+    and whether their range is under FAST_LOGIT_RANGE (False for NaN or inf). Read in
+    the logits' own dtype (max and min are exact in any)."""
     axes = spatial_axes(window)
-    top = jnp.max(l, axes, keepdims=True)
-    fast = top - jnp.min(l, axes, keepdims=True) < FAST_LOGIT_RANGE
+    top, bottom = (lax.stop_gradient(f(l, axes, keepdims=True)).astype(ct)
+                   for f in (jnp.max, jnp.min))
+    fast = top - bottom < FAST_LOGIT_RANGE
     return jnp.where(fast, top, 0), fast
 
 
@@ -83,9 +88,10 @@ def _window_form(x, l, window: Window):
 
 def _per_image(fn, window: Window, *arrays):
     """`fn(window, *arrays)` one image at a time (`lax.map`, checkpointed), which keeps
-    the per-window form's temporaries at one image's size: a branch of `lax.cond` that
-    is not taken still costs the allocation of its temporaries. Arrays whose batch dim
-    is 1 (broadcast logits) are passed whole to every image."""
+    the mixed branch's temporaries at one image's size: a branch of `lax.cond` that is
+    not taken still sizes the program's temporary buffer (and XLA:CPU maps one over
+    32 MiB afresh, page faults included, on every call). Arrays whose batch dim is 1
+    (broadcast logits) are passed whole to every image."""
     if (window.dims[0], window.strides[0], window.pads[0]) != (1, 1, (0, 0)):
         return fn(window, *arrays)  # no batch dim
     n = max(a.shape[0] for a in arrays)
@@ -101,10 +107,11 @@ def _per_image(fn, window: Window, *arrays):
 
 
 def _image_form(x, l, shift, window: Window):
-    """Fast form: w = exp(l - shift), two window sums. Returns (y, log window sum, w)."""
-    w = jnp.exp(l - lax.stop_gradient(shift))
+    """Fast form: w = exp(l - shift), two window sums (`shift` a constant to the
+    derivatives). Returns (y, log window sum)."""
+    w = jnp.exp(l - shift)
     total = window_sum(w, window)
-    return window_sum(w * x, window) / total, jnp.log(total), w
+    return window_sum(w * x, window) / total, jnp.log(total)
 
 
 def _compute(x, l, window: Window):
@@ -113,43 +120,66 @@ def _compute(x, l, window: Window):
     return x.astype(ct), spatial_broadcast(l.astype(ct), x.shape, window)
 
 
-def lip(x, l, window: Window):
+def lip(x, l, window: Window, bounded: bool = False):
     """`(*batch, *spatial, C)` inputs, logits broadcastable to them -> the pooled mean
-    in x's dtype. One `lax.cond` on the batch picks `_image_lip` (every image fast) or
-    `_mixed_lip`; under `vmap` a cond computes both."""
-    shift, fast = _image_stats(_compute(x, l, window)[1], window)
-    return lax.cond(jnp.all(fast), lambda *a: _image_lip(*a, window),
+    in x's dtype.
+
+    `bounded` (a promise: every image's logit range is under FAST_LOGIT_RANGE) makes every
+    image take the fast form: no statistics, no cond. Otherwise one `lax.cond` on the
+    batch picks `_image_lip` (every image fast) or `_mixed_lip`; under `vmap` a cond
+    computes both.
+    """
+    if bounded:
+        return _image_lip(x, l, window)
+    shift, fast = _image_stats(spatial_broadcast(l, x.shape, window), window,
+                               compute_dtype(x.dtype))
+    return lax.cond(jnp.all(fast), lambda x, l, *_: _image_lip(x, l, window),
                     lambda *a: _mixed_lip(*a, window), x, l, shift, fast)
 
 
 def _image_max(l, window: Window):
-    return jnp.max(l, spatial_axes(window), keepdims=True)
+    """Each image's max, recomputed wherever needed rather than passed around: XLA:CPU
+    fuses max -> subtract -> exp into one fast kernel only when the max has no other use
+    (and a constant shift's plain exp is slower)."""
+    return lax.stop_gradient(jnp.max(l, spatial_axes(window), keepdims=True))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _image_lip(x, l, shift, fast, window: Window):
-    """LIP when every image is fast. The shift is recomputed here (not `shift`): XLA:CPU
-    fuses max -> subtract -> exp into one fast kernel only when the max has no other
-    use."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _image_lip(x, l, window: Window):
+    """LIP when every image is fast."""
     xc, lc = _compute(x, l, window)
     return _image_form(xc, lc, _image_max(lc, window), window)[0].astype(x.dtype)
 
 
 @_image_lip.defjvp
 def _image_lip_jvp(window: Window, primals, tangents):
-    x, l, _, _ = primals
+    x, l = primals
     xc, lc = _compute(x, l, window)
-    y, log_total, w = _image_form(xc, lc, _image_max(lc, window), window)
-    dx, dl = _tangents(x, tangents[0], tangents[1], y.dtype, window)
-    dy = _image_dy(window, xc, w, y, jnp.exp(-log_total), dx, dl)
-    return y.astype(x.dtype), dy.astype(x.dtype)
+    y, log_total = _image_form(xc, lc, _image_max(lc, window), window)
+    return y.astype(x.dtype), _image_tangent(window, x, l, y, log_total, *tangents).astype(
+        x.dtype)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(0,))
+def _image_tangent(window: Window, x, l, y, log_total, dx, dl):
+    dx, dl = _tangents(x, dx, dl, y.dtype, window)
+    shift = _image_max(spatial_broadcast(l, x.shape, window), window).astype(y.dtype)
+    x, l = _compute(x, l, window)
+    return _image_dy(window, x, jnp.exp(l - shift), y, jnp.exp(-log_total), dx, dl)
 
 
 def _mixed_form(x, l, shift, fast, window: Window):
-    """Each image by its own form (the fast one where `fast`). Returns (y, log total)."""
+    """Each image by its own form, one image at a time (in the compute dtype only there).
+    Returns (y, log total)."""
+    return _per_image(_chosen_form, window, x, spatial_broadcast(l, x.shape, window), shift,
+                      fast)
+
+
+def _chosen_form(window: Window, x, l, shift, fast):
+    """The fast form where `fast`, else the per-window form."""
     x, l = _compute(x, l, window)
-    y, log_total, _ = _image_form(x, jnp.where(fast, l, shift), shift, window)
-    yw, log_tw = _per_image(lambda w, x, l: _window_form(x, l, w), window, x, l)
+    y, log_total = _image_form(x, jnp.where(fast, l, shift), shift, window)
+    yw, log_tw = _window_form(x, l, window)
     return jnp.where(fast, y, yw), jnp.where(fast, log_total, log_tw)
 
 
@@ -169,10 +199,11 @@ def _mixed_lip_jvp(window: Window, primals, tangents):
 
 # The tangents are dy[p] = sum_q a[p,q] (dx[q] + (x[q] - y[p]) dl[q]), a[p,q] the
 # normalised weight (w[q] / total[p] in the fast form): linear in (dx, dl), so reverse
-# mode is their transpose. The fast form keeps w (XLA would otherwise recompute the
-# exponential); the mixed one recomputes everything from (x, l, y, log_total, shift,
-# fast), residuals of the same shapes as the fast form's, so neither branch of the cond
-# fills the other's.
+# mode is their transpose. Both forms recompute them (checkpointed) from x, l, y and
+# log_total (the mixed one also from the per-image shift and choice): the cond's two
+# branches then keep the same residuals, x and l being its own operands, which XLA
+# neither copies nor fills with zeros. (Keeping the fast form's w instead costs XLA:CPU a
+# full-size copy.)
 def _tangents(x, dx, dl, ct, window: Window):
     return dx.astype(ct), spatial_broadcast(dl.astype(ct), x.shape, window)
 
@@ -183,13 +214,17 @@ def _image_dy(window: Window, x, w, y, inv_total, dx, dl):
 
 @functools.partial(jax.checkpoint, static_argnums=(0,))
 def _mixed_tangent(window: Window, x, l, y, log_total, shift, fast, dx, dl):
+    l, dl = (spatial_broadcast(a, x.shape, window) for a in (l, dl))
+    return _per_image(_chosen_tangent, window, x, l, y, log_total, shift, fast, dx, dl)
+
+
+def _chosen_tangent(window: Window, x, l, y, log_total, shift, fast, dx, dl):
     dx, dl = _tangents(x, dx, dl, y.dtype, window)
     x, l = _compute(x, l, window)
     # the fast form's values for per-window images are discarded: keep them finite
     w = jnp.exp(jnp.where(fast, l, shift) - shift)
     dy = _image_dy(window, x, w, y, jnp.exp(-jnp.where(fast, log_total, 0)), dx, dl)
-    dyw = _per_image(_window_tangent, window, x, l, y, log_total, fast, dx, dl)
-    return jnp.where(fast, dy, dyw)
+    return jnp.where(fast, dy, _window_tangent(window, x, l, y, log_total, fast, dx, dl))
 
 
 def _window_tangent(window: Window, x, l, y, log_total, fast, dx, dl):

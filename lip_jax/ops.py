@@ -108,7 +108,8 @@ IMPLEMENTATIONS = ("xla", "pallas", "pallas_gpu", "pallas_tpu")
 
 
 def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VALID",
-             implementation: Implementation = None, *, ceil_mode: bool = False):
+             implementation: Implementation = None, *, ceil_mode: bool = False,
+             logit_bounds: tuple[float, float] | None = None):
     """Local importance pooling: `lan_pool(inputs, exp(logits), ...)` with exact
     derivatives.
 
@@ -126,7 +127,16 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
         (`lip_jax.pallas_tpu`, Mosaic): fused kernels for 2-D windows (other ranks take
         "xla"), reverse mode only, compiled on their backend and run in Pallas
         interpret mode on CPU; "pallas" is the running backend's kernel (on CPU the GPU
-        one); None: `DEFAULT_IMPLEMENTATION` of the backend.
+        one); None: the backend's `DEFAULT_IMPLEMENTATION`, or with `logit_bounds`
+        its `DEFAULT_BOUNDED_IMPLEMENTATION` ("xla" where absent).
+      logit_bounds: `(low, high)`, Python numbers with `high - low < FAST_LOGIT_RANGE`:
+        a promise that every logit lies in `[low, high]`, as `soft_gate`'s do in
+        `[0, coeff]` (`lip_jax.linen.LIP` passes its logit module's `logit_bounds`).
+        The XLA graph then takes its fast form for every image, skipping the per-image
+        statistics and the `lax.cond`; the kernels ignore it. Nothing checks the
+        promise: where an image's logit range exceeds ~87 (float32), windows whose
+        weights all underflow give NaN, and a NaN or inf logit makes its image's output
+        NaN (without bounds: only its windows').
     Returns:
       `(*batch, *pooled_spatial, features)` in the dtype of `inputs`.
 
@@ -140,7 +150,10 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
     logits = _as_float("logits", logits, compute_dtype(inputs.dtype))
     x, l, feature_ndim = _align(inputs, logits, "logits")
     pool_window(x.shape, window_shape, strides, padding, feature_ndim, ceil_mode)  # checks
-    backend = _kernel_backend(implementation, len(window_shape))
+    bounded = logit_bounds is not None
+    if bounded:
+        _check_bounds(logit_bounds)
+    backend = _kernel_backend(implementation, len(window_shape), bounded)
 
     def pool(inputs, logits):
         x, l, feature_ndim = _align(inputs, logits, "logits")
@@ -148,7 +161,7 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
                              ceil_mode)
         if backend is not None and x.size:
             return _lip_kernel(inputs, logits, window, x.ndim - feature_ndim - 2, backend)
-        return _merge_features(lip_xla.lip(x, l, window), feature_ndim)
+        return _merge_features(lip_xla.lip(x, l, window, bounded), feature_ndim)
 
     if inputs.ndim == len(window_shape) + 1:  # no batch dim
         return pool(inputs, logits)
@@ -159,18 +172,35 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
 # What implementation=None picks per JAX backend ("xla" where absent). The GPU kernel is
 # the default where it was measured faster: on an H200, 1.14x (f32) and 1.17x (bf16) the
 # XLA graph's forward+backward at (32, 56, 56, 256) (README). It is reverse-mode only:
-# forward mode on a GPU needs "xla".
+# forward mode on a GPU needs "xla". With `logit_bounds` (DEFAULT_BOUNDED_IMPLEMENTATION)
+# every backend takes "xla": on the H200 its bounded path (the fast form alone,
+# `bench_xla_parts.py`) ran 1.3x (f32) and 1.7x (bf16) faster than the kernel at that
+# shape, and as fast at (128, 28, 28, 32).
 DEFAULT_IMPLEMENTATION = {"gpu": "pallas"}
+DEFAULT_BOUNDED_IMPLEMENTATION: dict[str, str] = {}
 
 
-def _kernel_backend(implementation: Implementation, spatial_ndim: int) -> str | None:
+def _check_bounds(logit_bounds):
+    """A ValueError names `logit_bounds` unless they are valid."""
+    try:
+        low, high = (float(b) for b in logit_bounds)
+    except (TypeError, ValueError):  # not a pair of numbers, or traced
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= high - low < FAST_LOGIT_RANGE):
+        raise ValueError(f"logit_bounds must be two finite numbers (low, high) with 0 <= high "
+                         f"- low < {FAST_LOGIT_RANGE:g}, got {logit_bounds!r}")
+
+
+def _kernel_backend(implementation: Implementation, spatial_ndim: int,
+                    bounded: bool) -> str | None:
     """Which kernel runs ("gpu" or "tpu"), or None for the XLA graph."""
     if implementation is not None and implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be None or one of {IMPLEMENTATIONS}, got "
                          f"{implementation!r}")
     platform = jax.default_backend()
     if implementation is None:
-        implementation = DEFAULT_IMPLEMENTATION.get(platform, "xla")
+        defaults = DEFAULT_BOUNDED_IMPLEMENTATION if bounded else DEFAULT_IMPLEMENTATION
+        implementation = defaults.get(platform, "xla")
     if implementation == "xla" or spatial_ndim != 2:
         return None
     backend = {"pallas_gpu": "gpu", "pallas_tpu": "tpu"}.get(
@@ -280,6 +310,7 @@ def periodic_weights(pattern, spatial_shape, offset=None) -> jax.Array:
     return pattern[tuple(index)][..., None]
 
 
-__all__ = ["DEFAULT_IMPLEMENTATION", "FAST_LOGIT_RANGE", "IMPLEMENTATIONS", "Padding", "Window", "average_pool",
-           "lan_pool", "lip_pool", "periodic_weights", "pool_window", "soft_gate", "soft_pool",
-           "tempered_max_pool", "window_share", "window_sum", "window_sum_transpose"]
+__all__ = ["DEFAULT_BOUNDED_IMPLEMENTATION", "DEFAULT_IMPLEMENTATION", "FAST_LOGIT_RANGE",
+           "IMPLEMENTATIONS", "Padding", "Window", "average_pool", "lan_pool", "lip_pool",
+           "periodic_weights", "pool_window", "soft_gate", "soft_pool", "tempered_max_pool",
+           "window_share", "window_sum", "window_sum_transpose"]

@@ -53,6 +53,6 @@ def test_bench_xla_parts_writes_json(tmp_path, monkeypatch):
                    "--inner", "1", "--out", str(out))
     rows = json.loads(out.read_text())["rows"]
     assert {row["dtype"] for row in rows} == {"float32", "bfloat16"}
-    assert {"xla (default graph)", "fast form only", "naive autodiff"} <= {
-        row["variant"] for row in rows}
+    assert {"xla (default graph)", "bounded logits (fast form only)",
+            "naive autodiff"} <= {row["variant"] for row in rows}
     assert all(row["forward_backward_ms"] > 0 for row in rows)

@@ -70,10 +70,11 @@ def test_custom_vjp_equals_autodiff_of_naive_formula(logit_shape, window, stride
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_check_grads_second_order():
+@pytest.mark.parametrize("scale", [1.0, 40.0])  # 40: logit ranges over 60, per-window form
+def test_check_grads_second_order(scale):
     with jax.enable_x64(True):
         x = _randn(0, (1, 5, 6, 2), jnp.float64)
-        logits = _randn(1, (1, 5, 6, 2), jnp.float64)
+        logits = scale * _randn(1, (1, 5, 6, 2), jnp.float64)
         pool = lambda x, l: ops.lip_pool(x, l, (3, 3), (2, 2), P1)
         jax.test_util.check_grads(pool, (x, logits), order=2, modes=["rev"], atol=1e-7,
                                   rtol=1e-7)

@@ -7,11 +7,13 @@ Variable names match `lip_jax.nnx.logits`.
 import functools
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lip_jax.defaults import GATE_COEFF, LOGIT_WIDTH, NORM_EPS, conv_init, zeros_init
+from lip_jax.defaults import (GATE_COEFF, LOGIT_BOUNDS, LOGIT_WIDTH, NORM_EPS, conv_init,
+                              zeros_init)
 from lip_jax.ops import soft_gate
 
 InstanceNorm = functools.partial(nn.InstanceNorm, epsilon=NORM_EPS, use_fast_variance=False)
@@ -30,6 +32,8 @@ class LogitHead(nn.Module):
     `features` defaults to the input's; `zero_init` zeroes the conv so that LIP starts as
     average pooling (the official LIP-ResNet init), else `kernel_init` initialises it.
     """
+
+    logit_bounds: ClassVar = LOGIT_BOUNDS  # read by LIP layers (`lip_pool`)
 
     features: int | None = None
     kernel_size: int = 1
@@ -77,6 +81,8 @@ class BottleneckTrunk(nn.Module):
 
 class BottleneckLogit(nn.Module):
     """The paper's Bottleneck-`width` logit module: `BottleneckTrunk` then a 1x1 `LogitHead`."""
+
+    logit_bounds: ClassVar = LOGIT_BOUNDS  # read by LIP layers (`lip_pool`)
 
     features: int | None = None
     width: int = LOGIT_WIDTH

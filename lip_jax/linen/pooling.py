@@ -19,6 +19,8 @@ class LIP(nn.Module):
     channel, shared or grouped), e.g. `ProjectionLogit()`. The defaults are the official
     k3/s2/p1: `(N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C)`. `logit_input`, when given,
     feeds the logit module instead of `x` (LIP-ResNet computes logits from a shared trunk).
+    A logit module's `logit_bounds` attribute, where it has one (every module of
+    `lip_jax.linen.logits` has `(0, 12)`), is passed to `lip_pool` as its promise.
     Inside another module's compact method, build the logit module with `parent=None` so
     that it becomes this layer's child `logit`.
 
@@ -38,7 +40,8 @@ class LIP(nn.Module):
             self.sow(IMPORTANCE, "logits", logits)
             self.sow(IMPORTANCE, "window_share", window_share(
                 logits, self.window_shape, self.strides, self.padding))
-        return lip_pool(x, logits, self.window_shape, self.strides, self.padding)
+        return lip_pool(x, logits, self.window_shape, self.strides, self.padding,
+                        logit_bounds=getattr(self.logit, "logit_bounds", None))
 
 
 class DPP(nn.Module):

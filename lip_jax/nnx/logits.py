@@ -5,11 +5,13 @@ float32. `spatial_ndim` (default 2) sets the conv kernels' rank.
 """
 
 import functools
+from typing import ClassVar
 
 import jax.numpy as jnp
 from flax import nnx
 
-from lip_jax.defaults import GATE_COEFF, LOGIT_WIDTH, NORM_EPS, conv_init, zeros_init
+from lip_jax.defaults import (GATE_COEFF, LOGIT_BOUNDS, LOGIT_WIDTH, NORM_EPS, conv_init,
+                              zeros_init)
 from lip_jax.ops import soft_gate
 
 
@@ -28,6 +30,8 @@ def InstanceNorm(num_features, *, dtype=None, param_dtype=jnp.float32, rngs):
 
 class LogitHead(nnx.Module):
     """conv (k x k, bias-free) -> InstanceNorm -> SoftGate; ends every logit module."""
+
+    logit_bounds: ClassVar = LOGIT_BOUNDS  # read by LIP layers (`lip_pool`)
 
     def __init__(self, in_features: int, features: int | None = None, *, kernel_size: int = 1,
                  zero_init: bool = True, kernel_init=conv_init, spatial_ndim: int = 2,
@@ -68,6 +72,8 @@ class BottleneckTrunk(nnx.Module):
 
 class BottleneckLogit(nnx.Module):
     """The paper's Bottleneck-`width` logit module: `BottleneckTrunk` then a 1x1 `LogitHead`."""
+
+    logit_bounds: ClassVar = LOGIT_BOUNDS  # read by LIP layers (`lip_pool`)
 
     def __init__(self, in_features: int, features: int | None = None, *,
                  width: int = LOGIT_WIDTH, zero_init: bool = True, kernel_init=conv_init,

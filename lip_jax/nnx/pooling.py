@@ -26,7 +26,8 @@ class LIP(nnx.Module):
 
     def __call__(self, x, logit_input=None):
         logits = self.logit(x if logit_input is None else logit_input)
-        return lip_pool(x, logits, self.window_shape, self.strides, self.padding)
+        return lip_pool(x, logits, self.window_shape, self.strides, self.padding,
+                        logit_bounds=getattr(self.logit, "logit_bounds", None))
 
 
 class DPP(nnx.Module):
