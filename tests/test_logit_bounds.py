@@ -1,7 +1,8 @@
 """`lip_pool(..., logit_bounds=(low, high))`: the promise of bounded logits takes the XLA
-graph's fast form shifted by `high` (no per-image statistics, no `lax.cond`), with the LIP
+graph's fast form for every image (no per-image statistics, no `lax.cond`), with the LIP
 properties, the unbounded path's values and derivatives, forward mode, no communication on
-a sharded batch; the LIP layers pass their logit modules' (0, 12); bad bounds named."""
+a sharded batch; a broken promise poisons only its image; the LIP layers (and so the zoo)
+pass their logit modules' (0, 12); bad bounds named."""
 
 import functools
 

@@ -44,12 +44,12 @@ def lan_pool(inputs, weights, window_shape, strides=None, padding="VALID", *,
 
 @with_vjp
 def lip_pool(inputs, logits, window_shape, strides=None, padding="VALID",
-             implementation=None, *, ceil_mode=False):
+             implementation=None, *, ceil_mode=False, logit_bounds=None):
     """The softmax(logits)-weighted mean of each window's in-image pixels, the softmax
     shifted by the window's own maximum; logits per feature, shared or grouped as in
-    `lip_jax.lip_pool` (`implementation` is accepted and ignored). VJP:
-    `(inputs, logits)`."""
-    del implementation
+    `lip_jax.lip_pool` (`implementation` and `logit_bounds`, which change how, not what,
+    it computes, are accepted and ignored). VJP: `(inputs, logits)`."""
+    del implementation, logit_bounds
     x = as_float64("inputs", inputs)
     l, reduce = broadcast_logits("logits", logits, x.shape)
     return _pool(x, l, reduce, window_shape, strides, padding, ceil_mode, log=True)
