@@ -9,8 +9,7 @@ it is computed only when the batch holds such an image (`lax.cond`), one image a
 time, and the choice is made per image, so an image's result never depends on the rest
 of its batch. The result is the exact weighted mean for any finite logits, and a NaN or
 inf poisons only the windows that hold it. Given `bounded` (logit ranges promised under
-`FAST_LOGIT_RANGE`), every image takes the fast form, with no statistics and no
-cond.
+`FAST_LOGIT_RANGE`), every image takes the fast form, with no statistics and no cond.
 
 The derivatives never use a log-sum-exp rounded at the logits' own magnitude: the fast
 form recomputes its weights `exp(l - shift)` and keeps the windows' weight sums, the
