@@ -213,12 +213,15 @@ def _image_dy(window: Window, x, w, y, inv_total, dx, dl):
 
 @functools.partial(jax.checkpoint, static_argnums=(0,))
 def _mixed_tangent(window: Window, x, l, y, log_total, shift, fast, dx, dl):
-    l, dl = (spatial_broadcast(a, x.shape, window) for a in (l, dl))
+    # The tangents enter the per-image map in the compute dtype: its transpose stacks
+    # their cotangents one image at a time, and XLA:CPU updates a bfloat16 stack by
+    # converting all of it, for every image.
+    dx, dl = _tangents(x, dx, dl, y.dtype, window)
+    l = spatial_broadcast(l, x.shape, window)
     return _per_image(_chosen_tangent, window, x, l, y, log_total, shift, fast, dx, dl)
 
 
 def _chosen_tangent(window: Window, x, l, y, log_total, shift, fast, dx, dl):
-    dx, dl = _tangents(x, dx, dl, y.dtype, window)
     x, l = _compute(x, l, window)
     # the fast form's values for per-window images are discarded: keep them finite
     w = jnp.exp(jnp.where(fast, l, shift) - shift)
