@@ -71,7 +71,7 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--implementations", nargs="+", default=["xla"],
-                        choices=["xla", "pallas", "pallas_gpu", "pallas_tpu"])
+                        choices=ops.IMPLEMENTATIONS)
     parser.add_argument("--lip-kwargs", type=json.loads, default={},
                         help="JSON create_model arguments for the LIP models")
     parser.add_argument("--out", type=Path,

@@ -11,7 +11,8 @@ Times forward and forward+backward (gradients of inputs and logits) of k3/s2/p1 
 at each NHWC shape, float32 and bfloat16: median over `--reps` rounds of the mean of
 `--inner` back-to-back calls, after a warm-up. Each round times every implementation in
 turn (interleaved), all in one process, so that ratios are comparable on a shared
-machine. The kernel of the running backend ("pallas_gpu" on a GPU, "pallas_tpu" on a
+machine. The kernels of the running backend ("pallas_gpu" and "pallas_mosaic_gpu" on a
+GPU, "pallas_tpu" on a
 TPU) is timed where it compiles; `--pallas` adds both in interpret mode (slow).
 `--against REF` adds lip_pool from `git show REF:lip_jax/ops.py` (a commit whose ops.py
 stands alone, such as cad5062, the last before the per-window rework). PyTorch runs on
@@ -222,7 +223,7 @@ def main(argv=None):
     parser.add_argument("--peak-gbps", type=float, default=None,
                         help="the device's nominal memory bandwidth, for a second fraction")
     parser.add_argument("--pallas", action="store_true",
-                        help="also time both kernels off their backends (interpret mode: slow)")
+                        help="also time every kernel off its backend (interpret mode: slow)")
     parser.add_argument("--against", default=None,
                         help="also time lip_pool at this git commit (e.g. cad5062)")
     parser.add_argument("--no-torch", action="store_true")
@@ -238,8 +239,9 @@ def main(argv=None):
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     backend = jax.default_backend()
     on_gpu = backend == "gpu"
-    kernels = (["pallas_gpu", "pallas_tpu"] if args.pallas
-               else [f"pallas_{backend}"] if backend in ("gpu", "tpu") else [])
+    kernels = (["pallas_gpu", "pallas_mosaic_gpu", "pallas_tpu"] if args.pallas
+               else [f"pallas_{backend}"] if backend == "tpu"
+               else ["pallas_gpu", "pallas_mosaic_gpu"] if on_gpu else [])
     against = (args.against, ops_at(args.against)) if args.against else None
     try:
         import torch

@@ -4,9 +4,10 @@
 
 Times, forward and forward+backward, side by side in one run: the default XLA graph
 (`lip_jax.lip_xla.lip`: per-image stats, a `lax.cond`, the chosen form), the bounded-logit
-path (`logit_bounds`: the fast form alone, no stats, no cond), the stats and cond with the fast form in both branches, plain
-autodiff of the fast form, autodiff of the per-window form, the mixed branch, the GPU
-kernel (on a GPU) and naive autodiff. Writes experiments/results/bench_xla_parts.json.
+path (`logit_bounds`: the fast form alone, no stats, no cond), the stats and cond with the
+fast form in both branches, the cond alone, plain autodiff of the fast form, autodiff of
+the per-window form, the mixed branch, the GPU kernels (on a GPU) and naive autodiff.
+Writes experiments/results/bench_xla_parts.json.
 """
 
 import argparse
@@ -35,9 +36,16 @@ def bounded(x, l):
 
 def stats_cond_fast(x, l):
     w = _window(x)
-    fast = X._image_stats(X._compute(x, l, w)[1], w, jnp.float32)[1]
+    fast = X._image_stats(l, w, jnp.float32)[1]
     branch = lambda x, l: X._image_lip(x, l, w)
     return lax.cond(jnp.all(fast), branch, branch, x, l)
+
+
+def cond_fast(x, l):
+    """The `lax.cond` alone: its predicate from one logit, the fast form both ways."""
+    w = _window(x)
+    branch = lambda x, l: X._image_lip(x, l, w)
+    return lax.cond(l.ravel()[0] < X.FAST_LOGIT_RANGE, branch, branch, x, l)
 
 
 def fast_autodiff(x, l):
@@ -54,7 +62,7 @@ def window_autodiff(x, l):
 
 def mixed_branch(x, l):
     w = _window(x)
-    shift, fast = X._image_stats(X._compute(x, l, w)[1], w, jnp.float32)
+    shift, fast = X._image_stats(l, w, jnp.float32)
     return X._mixed_lip(x, l, shift, fast, w)
 
 
@@ -68,11 +76,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     pools = {"xla (default graph)": lip("xla"), "bounded logits (fast form only)": bounded,
              "stats + cond, fast both ways": stats_cond_fast,
+             "cond alone, fast both ways": cond_fast,
              "autodiff of fast form": fast_autodiff,
              "autodiff of per-window form": window_autodiff,
              "mixed branch": mixed_branch, "naive autodiff": naive_lip}
     if jax.default_backend() == "gpu":
-        pools["pallas_gpu"] = lip("pallas_gpu")
+        pools |= {kernel: lip(kernel) for kernel in ("pallas_gpu", "pallas_mosaic_gpu")}
     rows = []
     for shape in [tuple(int(v) for v in s.split(",")) for s in args.shapes]:
         for dtype in (jnp.float32, jnp.bfloat16):

@@ -1,7 +1,7 @@
-"""GPU check of the Pallas kernels at benchmark size: values and both gradients against
-the XLA graph (relative L2 error), every output element written; with `--sweep`, the
-forward+backward time of each kernel tiling at (32, 56, 56, 256) bf16 and f32, and the
-fastest in bf16 (a `--pallas-tiles` value for the benchmarks).
+"""GPU check of the Pallas kernels (Triton and Mosaic GPU) at benchmark size: values and
+both gradients against the XLA graph (relative L2 error), every output element written;
+with `--sweep`, the forward+backward time of each Triton tiling at (32, 56, 56, 256) bf16
+and f32, and the fastest in bf16 (a `--pallas-tiles` value for the benchmarks).
 
     python experiments/gpu_check.py [--shape 8,56,56,256] [--sweep] [--out FILE]
 """
@@ -18,6 +18,7 @@ import numpy as np
 from lip_jax import ops, pallas_gpu
 
 P1 = ((1, 1), (1, 1))
+KERNELS = ("pallas_gpu", "pallas_mosaic_gpu")
 
 
 def rel_err(a, b):
@@ -30,15 +31,17 @@ def check(shape, dtype, groups, geometry, seed):
     x = jax.random.normal(k[0], shape, dtype)
     logits = ops.soft_gate(2 * jax.random.normal(k[1], (*shape[:-1], groups))).astype(dtype)
     results = {}
-    for impl in ("xla", "pallas"):
+    for impl in ("xla", *KERNELS):
         pool = lambda x, l: ops.lip_pool(x, l, *geometry, implementation=impl)
         y, vjp = jax.jit(lambda x, l: jax.vjp(pool, x, l))(x, logits)
         g = jax.random.normal(k[2], y.shape, dtype)
         results[impl] = (y, *jax.jit(vjp)(g))
-    errors = [rel_err(a, b) for a, b in zip(results["pallas"], results["xla"])]
-    finite = all(bool(jnp.all(jnp.isfinite(a))) for a in results["pallas"])
     return dict(shape=list(shape), dtype=jnp.dtype(dtype).name, groups=groups,
-                geometry=str(geometry), rel_err_y_dx_dl=errors, all_finite=finite)
+                geometry=str(geometry),
+                rel_err_y_dx_dl={k: [rel_err(a, b) for a, b in zip(results[k], results["xla"])]
+                                 for k in KERNELS},
+                all_finite=all(bool(jnp.all(jnp.isfinite(a)))
+                               for k in KERNELS for a in results[k]))
 
 
 def sweep():
@@ -79,7 +82,7 @@ def main(argv=None):
             ((n, h + 1, w - 1, 96), jnp.float32, 12, ((3, 3), (2, 2), P1))]):
         rows.append(check(shape, dtype, groups, geometry, seed))
         print(json.dumps(rows[-1]), flush=True)
-    ok = all(r["all_finite"] and max(r["rel_err_y_dx_dl"]) < (
+    ok = all(r["all_finite"] and max(max(e) for e in r["rel_err_y_dx_dl"].values()) < (
         1e-2 if r["dtype"] == "bfloat16" else 1e-5) for r in rows)
     result = dict(device=jax.devices()[0].device_kind, jax=jax.__version__, rows=rows, ok=ok,
                   sweep=sweep() if args.sweep else None)

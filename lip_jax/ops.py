@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from lip_jax import lip_xla
 from lip_jax.lip_xla import FAST_LOGIT_RANGE
-from lip_jax.sharded import per_shard
+from lip_jax.sharded import device_count, per_shard
 from lip_jax.windows import (Padding, Window, compute_dtype, pool_window, spatial_axes,
                              window_sum, window_sum_transpose)
 
@@ -104,7 +104,7 @@ def lan_pool(inputs, weights, window_shape, strides=None, padding: Padding = "VA
 
 
 Implementation = str | None
-IMPLEMENTATIONS = ("xla", "pallas", "pallas_gpu", "pallas_tpu")
+IMPLEMENTATIONS = ("xla", "pallas", "pallas_gpu", "pallas_mosaic_gpu", "pallas_tpu")
 
 
 def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VALID",
@@ -123,12 +123,13 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
         share logit `g`); integer logits are taken as floats.
       window_shape, strides, padding, ceil_mode: as in `lan_pool`.
       implementation: "xla" (`lip_jax.lip_xla`: any rank, forward and reverse mode),
-        "pallas_gpu" (`lip_jax.pallas_gpu`, Triton) or "pallas_tpu"
+        "pallas_gpu" (`lip_jax.pallas_gpu`, Triton), "pallas_mosaic_gpu"
+        (`lip_jax.pallas_mosaic_gpu`, Mosaic GPU) or "pallas_tpu"
         (`lip_jax.pallas_tpu`, Mosaic): fused kernels for 2-D windows (other ranks take
         "xla"), reverse mode only, compiled on their backend and run in Pallas
-        interpret mode on CPU; "pallas" is the running backend's kernel (on CPU the GPU
-        one); None: the backend's `DEFAULT_IMPLEMENTATION`, or with `logit_bounds`
-        its `DEFAULT_BOUNDED_IMPLEMENTATION` ("xla" where absent).
+        interpret mode on CPU; "pallas" is the running backend's kernel (on a GPU and
+        on CPU the Triton one); None: the backend's `DEFAULT_IMPLEMENTATION`, or with
+        `logit_bounds` its `DEFAULT_BOUNDED_IMPLEMENTATION` ("xla" where absent).
       logit_bounds: `(low, high)`, Python numbers with `high - low < FAST_LOGIT_RANGE`:
         a promise that every logit lies in `[low, high]`, as `soft_gate`'s do in
         `[0, coeff]` (`lip_jax.linen.LIP` passes its logit module's `logit_bounds`).
@@ -154,6 +155,11 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
     if bounded:
         _check_bounds(logit_bounds)
     backend = _kernel_backend(implementation, len(window_shape), bounded)
+    if backend == "mosaic_gpu" and jax.default_backend() != "gpu" and device_count(x) > 1:
+        raise ValueError(f"implementation={implementation!r} off a GPU runs in Mosaic GPU's "
+                         f"interpreter, which takes one device; these inputs span "
+                         f"{device_count(x)} (pass single-device arrays, or use 'pallas_gpu' "
+                         f"or 'xla')")
 
     def pool(inputs, logits):
         x, l, feature_ndim = _align(inputs, logits, "logits")
@@ -193,7 +199,7 @@ def _check_bounds(logit_bounds):
 
 def _kernel_backend(implementation: Implementation, spatial_ndim: int,
                     bounded: bool) -> str | None:
-    """Which kernel runs ("gpu" or "tpu"), or None for the XLA graph."""
+    """Which kernel runs ("gpu", "mosaic_gpu" or "tpu"), or None for the XLA graph."""
     if implementation is not None and implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be None or one of {IMPLEMENTATIONS}, got "
                          f"{implementation!r}")
@@ -203,10 +209,11 @@ def _kernel_backend(implementation: Implementation, spatial_ndim: int,
         implementation = defaults.get(platform, "xla")
     if implementation == "xla" or spatial_ndim != 2:
         return None
-    backend = {"pallas_gpu": "gpu", "pallas_tpu": "tpu"}.get(
-        implementation, "tpu" if platform == "tpu" else "gpu")
-    if platform not in ("cpu", backend):
-        raise ValueError(f"implementation={implementation!r} runs on {backend.upper()} or, "
+    backend = implementation.removeprefix("pallas_") if implementation != "pallas" else (
+        "tpu" if platform == "tpu" else "gpu")
+    runs_on = "tpu" if backend == "tpu" else "gpu"
+    if platform not in ("cpu", runs_on):
+        raise ValueError(f"implementation={implementation!r} runs on {runs_on.upper()} or, "
                          f"in interpret mode, on CPU; this is {platform.upper()}")
     return backend
 

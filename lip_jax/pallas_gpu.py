@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from lip_jax.lip_kernel import out_struct
 
+PLATFORM = "gpu"
 BLOCK_W = 8  # output columns (forward) or column strides (backward) per program
 MAX_BLOCK_C = 64  # features per program
 NUM_WARPS = 2  # (8, 64, 2): fastest of 4 tilings on an H200 (experiments/gpu_check.py)

@@ -1,9 +1,8 @@
 """Fused 2-D LIP pooling for TPU in Pallas (Mosaic): one forward and one backward kernel.
 
 XLA first pads the inputs (x with 0, logits with -inf: padding weighs 0) and splits them
-by stride phase, `(N, H, W, K) -> (N, sh, sw, Hq, Wq, K)` in float32, so that every
-window tap is a unit-stride slice: tap `(di, dj)` of output `(i, j)` is phase
-`(di % sh, dj % sw)` at `(i + di // sh, j + dj // sw)`. Blocks keep `(Wq, C)` as the
+by stride phase in float32 (`lip_jax.phase_split`), so that every window tap is a
+unit-stride slice. Blocks keep `(Wq, C)` as the
 tiled minor dims (Wq whole on sublanes, C in tiles of 128 lanes, or whole when C is not
 a multiple of 128); the major dim, rows, comes in bands of `R` sized to a VMEM budget,
 with the halo rows below a band as one-row blocks, copied with it into a VMEM scratch.
@@ -25,9 +24,6 @@ TPU, so "xla" stays the TPU default.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -35,7 +31,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from lip_jax.lip_kernel import out_struct
+from lip_jax.phase_split import Plan, merge, plan_of, split
 
+PLATFORM = "tpu"
 LANES = 128
 VMEM_BUDGET = 6 * 2**20  # bytes per program for its bands (blocks double-buffered)
 VMEM_LIMIT = 32 * 2**20
@@ -44,52 +42,6 @@ VMEM_LIMIT = 32 * 2**20
 def interpret_mode():
     """Pallas' interpret argument for running these kernels off a TPU."""
     return pltpu.InterpretParams()
-
-
-class _Plan(NamedTuple):
-    """Static sizes: window, strides, low pads, output and phase-split sizes, halos."""
-
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    ph: int
-    pw: int
-    ho: int
-    wo: int
-    hq: int  # phase rows: ho + hb
-    wq: int  # phase columns: wo + vb
-    hb: int  # halo: (kh - 1) // sh phase rows
-    vb: int  # (kw - 1) // sw phase columns
-
-
-def _plan(geometry, h: int, w: int) -> _Plan:
-    (kh, kw), (sh, sw), ((ph, ph_hi), (pw, pw_hi)) = geometry
-    ho, wo = (h + ph + ph_hi - kh) // sh + 1, (w + pw + pw_hi - kw) // sw + 1
-    hb, vb = (kh - 1) // sh, (kw - 1) // sw
-    return _Plan(kh, kw, sh, sw, ph, pw, ho, wo, ho + hb, wo + vb, hb, vb)
-
-
-def _split(a, plan: _Plan, fill):
-    """`(N, H, W, K)` -> `(N, sh, sw, Hq, Wq, K)` float32: padded with `fill`, cropped
-    where no window reaches, split by stride phase."""
-    n, h, w, k = a.shape
-    rows, cols = plan.hq * plan.sh, plan.wq * plan.sw
-    pads = ((0, 0, 0), (plan.ph, rows - plan.ph - h, 0), (plan.pw, cols - plan.pw - w, 0),
-            (0, 0, 0))
-    a = lax.pad(a.astype(jnp.float32), np.float32(fill), pads)
-    return a.reshape(n, plan.hq, plan.sh, plan.wq, plan.sw, k).transpose(0, 2, 4, 1, 3, 5)
-
-
-def _merge(a, plan: _Plan, h: int, w: int):
-    """The inverse of `_split`: `(N, sh, sw, Hq, Wq, K)` -> `(N, H, W, K)`, 0 where no
-    window reaches."""
-    n, k = a.shape[0], a.shape[-1]
-    rows, cols = plan.hq * plan.sh, plan.wq * plan.sw
-    a = a.transpose(0, 3, 1, 4, 2, 5).reshape(n, rows, cols, k)
-    pads = ((0, 0, 0), (-plan.ph, h + plan.ph - rows, 0), (-plan.pw, w + plan.pw - cols, 0),
-            (0, 0, 0))
-    return lax.pad(a, np.float32(0), pads)
 
 
 def _channel_tile(c: int) -> int:
@@ -108,7 +60,7 @@ def _band(scratch, block, halos, rows: int):
         scratch[..., pl.ds(rows + t, 1), :, :] = halo[0]
 
 
-def _forward_kernel(x_ref, l_ref, *refs, plan: _Plan, rows: int, residuals: bool):
+def _forward_kernel(x_ref, l_ref, *refs, plan: Plan, rows: int, residuals: bool):
     hb = plan.hb
     x_halos, l_halos = refs[:hb], refs[hb:2 * hb]
     outs, (x_band, l_band) = refs[2 * hb:-2], refs[-2:]
@@ -166,12 +118,12 @@ def forward(x, logits, geometry, interpret, residuals: bool):
     """`y` `(N, Ho, Wo, C)` in x.dtype; with `residuals`, `(y in float32, (top,
     log_total))` for `backward`."""
     n, h, w, c = x.shape
-    plan = _plan(geometry, h, w)
+    plan = plan_of(geometry, h, w)
     logits, ct, ctl = _lanes(logits, c)
     per_row = 4 * plan.sh * plan.sw * plan.wq * (ct + ctl) * 3 + 4 * plan.wo * ct * 6
     rows = _band_rows(per_row, plan.ho)
     grid = (n, c // ct, pl.cdiv(plan.ho, rows))
-    xs, ls = _split(x, plan, 0), _split(logits, plan, -np.inf)
+    xs, ls = split(x, plan, 0), split(logits, plan, -np.inf)
 
     def spec(width, channels):
         def index(i, j, k):
@@ -196,7 +148,7 @@ def forward(x, logits, geometry, interpret, residuals: bool):
     return (y, tuple(stats)) if residuals else y
 
 
-def _backward_kernel(x_ref, l_ref, *refs, plan: _Plan, rows: int):
+def _backward_kernel(x_ref, l_ref, *refs, plan: Plan, rows: int):
     hb = plan.hb
     blocks, halos = refs[:4], refs[4:4 + 4 * hb]
     (dx_ref, dl_ref), bands = refs[4 + 4 * hb:-4], refs[-4:]
@@ -229,13 +181,13 @@ def _backward_kernel(x_ref, l_ref, *refs, plan: _Plan, rows: int):
 def backward(x, logits, y, stats, g, geometry, interpret):
     """(dx, d logits per feature), both `(N, H, W, C)` float32."""
     n, h, w, c = x.shape
-    plan = _plan(geometry, h, w)
+    plan = plan_of(geometry, h, w)
     logits, ct, ctl = _lanes(logits, c)
     per_row = (4 * plan.sh * plan.sw * plan.wq * (ct * 3 + ctl) * 2
                + 4 * (plan.wo + 2 * plan.vb) * ct * 4 * 3)
     rows = _band_rows(per_row, plan.hq)
     grid = (n, c // ct, pl.cdiv(plan.hq, rows))
-    xs, ls = _split(x, plan, 0), _split(logits, plan, -np.inf)
+    xs, ls = split(x, plan, 0), split(logits, plan, -np.inf)
     pads = ((0, 0), (plan.hb, plan.hb), (plan.vb, plan.vb), (0, 0))
     outs = [jnp.pad(a.astype(jnp.float32), pads) for a in (g, y, *stats)]
 
@@ -261,4 +213,4 @@ def backward(x, logits, y, stats, g, geometry, interpret):
     dxs, dls = _call(kernel, grid, in_specs, [pl.BlockSpec(phase_block, phase_index)] * 2,
                      out_shape, scratch, interpret, xs, ls, *outs,
                      *[a for a in outs for _ in range(plan.hb)])
-    return _merge(dxs, plan, h, w), _merge(dls, plan, h, w)
+    return merge(dxs, plan, h, w), merge(dls, plan, h, w)

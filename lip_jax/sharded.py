@@ -36,6 +36,15 @@ def _mesh(x):
     return mesh
 
 
+def device_count(x) -> int:
+    """How many devices an op on `x` runs on: the size of its type's mesh (or else of
+    the context's, `jax.set_mesh`, inside a `shard_map` too), 1 without a mesh."""
+    mesh = jax.typeof(x).sharding.mesh
+    if mesh.empty:
+        mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else mesh.size
+
+
 def _axes_size(mesh, axes) -> int:
     axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     return math.prod(mesh.shape[a] for a in axes)

@@ -31,8 +31,9 @@ def test_bench_pooling_writes_json(tmp_path, monkeypatch):
                    "--pallas", "--against", "cad5062", "--no-torch", "--out", str(out))
     result = json.loads(out.read_text())
     impls = {row["impl"] for row in result["rows"]}
-    assert {"lip_pool xla", "lip_pool xla (0,12)", "lip_pool pallas_gpu", "lip_pool pallas_tpu",
-            "lip_pool @cad5062", "naive autodiff", "flax avg_pool", "x * 1.5"} == impls
+    assert {"lip_pool xla", "lip_pool xla (0,12)", "lip_pool pallas_gpu",
+            "lip_pool pallas_mosaic_gpu", "lip_pool pallas_tpu", "lip_pool @cad5062",
+            "naive autodiff", "flax avg_pool", "x * 1.5"} == impls
     assert all(row["forward_ms"] > 0 for row in result["rows"])
     assert result["default"] == "lip_pool xla" and result["versions"]["jax"]
 

@@ -1,5 +1,6 @@
-"""The fused Pallas kernels, GPU (Triton) and TPU (Mosaic), in interpret mode on CPU (the
-TPU one with Pallas' TPU interpreter), against the XLA graph.
+"""The fused Pallas kernels, GPU (Triton and Mosaic GPU) and TPU (Mosaic), in interpret
+mode on CPU (the Mosaic ones with Mosaic's TPU and GPU interpreters), against the XLA
+graph.
 
 Kept small: interpret mode runs each kernel program as traced JAX (seconds per call).
 """
@@ -13,7 +14,7 @@ from lip_jax import ops, pallas_tpu
 from lip_jax.testing import reference
 
 P1 = ((1, 1), (1, 1))
-KERNELS = ["pallas_gpu", "pallas_tpu"]
+KERNELS = ["pallas_gpu", "pallas_mosaic_gpu", "pallas_tpu"]
 
 
 def _randn(key, shape, dtype=jnp.float32):
@@ -143,6 +144,33 @@ def test_tpu_kernel_lowers_to_mosaic(monkeypatch, dtype, shape, logit_features):
     assert module.count("tpu_custom_call") == 2  # forward and backward
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape, logit_features", [
+    ((8, 112, 112, 64), 64),     # LIP-ResNet-50's stem LIP
+    ((8, 56, 56, 256), 256),     # a stage's shortcut LIP
+    ((8, 28, 28, 512), 1),       # shared logits
+    ((2, 7, 9, 5), 5),           # odd sizes: features, rows and columns padded to tiles
+])
+def test_mosaic_gpu_kernel_lowers_for_cuda(monkeypatch, dtype, shape, logit_features):
+    """Exported for CUDA from this CPU: Pallas lowers both kernels to Mosaic GPU (TMA
+    copies, register layouts, shared memory), which checks their shapes; the PTX
+    compiler runs on a GPU only."""
+    from jax import export
+    from lip_jax import lip_kernel
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # compiled, not interpreted
+
+    def loss(x, l):
+        return jnp.sum(lip_kernel.lip_pool_nhwc(x, l, ((3, 3), (2, 2), P1), "mosaic_gpu")
+                       .astype(jnp.float32))
+
+    args = (jax.ShapeDtypeStruct(shape, dtype),
+            jax.ShapeDtypeStruct((*shape[:-1], logit_features), jnp.float32))
+    module = export.export(jax.jit(jax.value_and_grad(loss, (0, 1))), platforms=["cuda"])(
+        *args).mlir_module()
+    assert module.count("custom_call @mosaic_gpu") == 2  # forward and backward
+
+
 def test_unknown_implementation_is_refused_by_name():
     with pytest.raises(ValueError, match="implementation must be None or one of"):
         ops.lip_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(1), (2, 2), implementation="triton")
@@ -152,6 +180,10 @@ def test_a_kernel_off_its_backend_and_not_on_cpu_is_refused(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     with pytest.raises(ValueError, match="pallas_tpu.* runs on TPU"):
         ops.lip_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(1), (2, 2), implementation="pallas_tpu")
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    with pytest.raises(ValueError, match="pallas_mosaic_gpu.* runs on GPU"):
+        ops.lip_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(1), (2, 2),
+                     implementation="pallas_mosaic_gpu")
 
 
 def _uses_kernel(**kwargs):

@@ -12,7 +12,7 @@ import pytest
 from lip_jax import ops
 
 P1 = ((1, 1), (1, 1))
-IMPLEMENTATIONS = ["xla", "pallas_gpu", "pallas_tpu"]
+IMPLEMENTATIONS = ["xla", "pallas_gpu", "pallas_mosaic_gpu", "pallas_tpu"]
 
 
 def _window_softmax_pool(x, l, window, strides, pads):

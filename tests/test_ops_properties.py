@@ -21,6 +21,7 @@ TWO_D = strategies.pool_examples(geometries=strategies.window_geometries(spatial
 @pytest.mark.parametrize("implementation, max_examples, examples, skip", [
     ("xla", 6, None, ()),
     ("pallas_gpu", 3, TWO_D, ()),
+    ("pallas_mosaic_gpu", 3, TWO_D, ()),
     ("pallas_tpu", 3, TWO_D, ("vmap",)),  # see the next test
 ])
 def test_lip_pool_has_the_lip_properties_on_every_implementation(implementation, max_examples,

@@ -63,7 +63,7 @@ def test_ceil_mode_on_the_kernels_matches_the_xla_graph():
     logits = 3 * jnp.asarray(np.random.RandomState(1).randn(*X.shape), jnp.float32)
     args = ((3, 3), (2, 2), "VALID")
     want = ops.lip_pool(X, logits, *args, ceil_mode=True, implementation="xla")
-    for kernel in ("pallas_gpu", "pallas_tpu"):
+    for kernel in ("pallas_gpu", "pallas_mosaic_gpu", "pallas_tpu"):
         got = ops.lip_pool(X, logits, *args, ceil_mode=True, implementation=kernel)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

@@ -65,6 +65,19 @@ def test_batch_sharded_pooling_has_no_collective(implementation, axis_type, mesh
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_interpreted_mosaic_gpu_kernel_refuses_inputs_on_several_devices():
+    """Mosaic GPU's interpreter (JAX 0.10) takes one device: run concurrently on the 8
+    CPU devices it fails inside its callbacks, so a sharded batch gets a clear error (on a
+    GPU the kernel is compiled and runs per shard as the others do)."""
+    mesh = jax.make_mesh((8,), ("data",))
+    x = jax.device_put(jnp.ones((8, 5, 5, 2)), NamedSharding(mesh, P("data")))
+    with pytest.raises(ValueError, match="Mosaic GPU's interpreter, which takes one device"):
+        ops.lip_pool(x, x, (3, 3), (2, 2), P1, implementation="pallas_mosaic_gpu")
+    with jax.set_mesh(mesh), pytest.raises(ValueError, match="these inputs span 8"):
+        ops.lip_pool(jnp.ones((8, 5, 5, 2)), 0.0, (3, 3), (2, 2), P1,
+                     implementation="pallas_mosaic_gpu")
+
+
 def test_shared_logits_gradient_sums_over_the_batch():
     """Logits broadcast over the batch: their gradient is a sum over images, the one
     reduction (an all-reduce) that data parallelism then needs."""

@@ -1,7 +1,6 @@
 """`lip_jax.testing` itself: the references against the ops (float64), PyTorch, Flax and
 finite differences; the strategies' draws; the checks failing on broken poolings."""
 
-import functools
 import inspect
 import math
 import subprocess
