@@ -175,9 +175,10 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
     return per_shard(pool, inputs, logits, all_axes_manual=interpreted_tpu)
 
 
-# What implementation=None picks per JAX backend ("xla" where absent). The GPU kernel is
-# the default where it was measured faster: on an H200, 1.14x (f32) and 1.17x (bf16) the
-# XLA graph's forward+backward at (32, 56, 56, 256) (README). It is reverse-mode only:
+# What implementation=None picks per JAX backend ("xla" where absent). The GPU kernel
+# (Triton; its Mosaic GPU successor has not run on a GPU yet) is the default where it was
+# measured faster: on an H200, 1.14x (f32) and 1.17x (bf16) the XLA graph's
+# forward+backward at (32, 56, 56, 256) (README). It is reverse-mode only:
 # forward mode on a GPU needs "xla". With `logit_bounds` (DEFAULT_BOUNDED_IMPLEMENTATION)
 # every backend takes "xla": on the H200 its bounded path (the fast form alone,
 # `bench_xla_parts.py`) ran 1.3x (f32) and 1.7x (bf16) faster than the kernel at that
