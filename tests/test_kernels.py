@@ -118,30 +118,8 @@ def test_tpu_kernel_in_one_row_bands(monkeypatch, shape, geometry):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("shape, logit_features", [
-    ((8, 112, 112, 64), 64),     # LIP-ResNet-50's stem LIP
-    ((8, 56, 56, 256), 256),     # a stage's shortcut LIP
-    ((8, 28, 28, 512), 1),       # shared logits
-])
-def test_tpu_kernel_lowers_to_mosaic(monkeypatch, dtype, shape, logit_features):
-    """Exported for TPU from this CPU: Pallas checks every block against the (8, 128)
-    tiling and lowers both kernels to Mosaic (`tpu_custom_call`). Mosaic's own compiler
-    runs on a TPU only."""
-    from jax import export
-    from lip_jax import lip_kernel
-
-    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")  # compiled, not interpreted
-
-    def loss(x, l):
-        return jnp.sum(lip_kernel.lip_pool_nhwc(x, l, ((3, 3), (2, 2), P1), "tpu")
-                       .astype(jnp.float32))
-
-    args = (jax.ShapeDtypeStruct(shape, dtype),
-            jax.ShapeDtypeStruct((*shape[:-1], logit_features), jnp.float32))
-    module = export.export(jax.jit(jax.value_and_grad(loss, (0, 1))), platforms=["tpu"])(
-        *args).mlir_module()
-    assert module.count("tpu_custom_call") == 2  # forward and backward
+# (backend, jax.export platform, the custom call of each kernel)
+LOWERED = {"tpu": ("tpu", "tpu_custom_call"), "gpu": ("cuda", "custom_call @mosaic_gpu")}
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -149,26 +127,29 @@ def test_tpu_kernel_lowers_to_mosaic(monkeypatch, dtype, shape, logit_features):
     ((8, 112, 112, 64), 64),     # LIP-ResNet-50's stem LIP
     ((8, 56, 56, 256), 256),     # a stage's shortcut LIP
     ((8, 28, 28, 512), 1),       # shared logits
-    ((2, 7, 9, 5), 5),           # odd sizes: features, rows and columns padded to tiles
+    ((2, 7, 9, 5), 5),           # odd sizes
 ])
-def test_mosaic_gpu_kernel_lowers_for_cuda(monkeypatch, dtype, shape, logit_features):
-    """Exported for CUDA from this CPU: Pallas lowers both kernels to Mosaic GPU (TMA
-    copies, register layouts, shared memory), which checks their shapes; the PTX
-    compiler runs on a GPU only."""
+@pytest.mark.parametrize("kernel, platform", [("tpu", "tpu"), ("mosaic_gpu", "gpu")])
+def test_mosaic_kernels_lower_for_their_hardware(monkeypatch, kernel, platform, dtype, shape,
+                                                 logit_features):
+    """Exported from this CPU for TPU (Pallas checks every block against the (8, 128)
+    tiling) and for CUDA (TMA copies, register layouts and shared memory checked): both
+    kernels lower to Mosaic. Mosaic's own compilers run on their hardware only."""
     from jax import export
     from lip_jax import lip_kernel
 
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # compiled, not interpreted
+    monkeypatch.setattr(jax, "default_backend", lambda: platform)  # compiled, not interpreted
 
     def loss(x, l):
-        return jnp.sum(lip_kernel.lip_pool_nhwc(x, l, ((3, 3), (2, 2), P1), "mosaic_gpu")
+        return jnp.sum(lip_kernel.lip_pool_nhwc(x, l, ((3, 3), (2, 2), P1), kernel)
                        .astype(jnp.float32))
 
     args = (jax.ShapeDtypeStruct(shape, dtype),
             jax.ShapeDtypeStruct((*shape[:-1], logit_features), jnp.float32))
-    module = export.export(jax.jit(jax.value_and_grad(loss, (0, 1))), platforms=["cuda"])(
+    target, custom_call = LOWERED[platform]
+    module = export.export(jax.jit(jax.value_and_grad(loss, (0, 1))), platforms=[target])(
         *args).mlir_module()
-    assert module.count("custom_call @mosaic_gpu") == 2  # forward and backward
+    assert module.count(custom_call) == 2  # forward and backward
 
 
 def test_unknown_implementation_is_refused_by_name():
