@@ -12,8 +12,8 @@ at each NHWC shape, float32 and bfloat16: median over `--reps` rounds of the mea
 `--inner` back-to-back calls, after a warm-up. Each round times every implementation in
 turn (interleaved), all in one process, so that ratios are comparable on a shared
 machine. The kernels of the running backend ("pallas_gpu" and "pallas_mosaic_gpu" on a
-GPU, "pallas_tpu" on a
-TPU) is timed where it compiles; `--pallas` adds both in interpret mode (slow).
+GPU, "pallas_tpu" on a TPU) are timed where they compile; `--pallas` adds all three in
+interpret mode (slow).
 `--against REF` adds lip_pool from `git show REF:lip_jax/ops.py` (a commit whose ops.py
 stands alone, such as cad5062, the last before the per-window rework). PyTorch runs on
 CUDA when JAX runs on a GPU and torch sees one.

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # One device run: kernel-vs-XLA checks (Triton and Mosaic GPU) and Triton tilings, pooling
 # and model benchmarks, the parts of the XLA graph, the kernel and large-logit tests on a
-# GPU. Usage (repo root;
-# results under $OUT): bash experiments/gpu_check.sh
+# GPU. Usage (repo root; results under $OUT): bash experiments/gpu_check.sh
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD JAX_PLATFORMS=cuda
 OUT=${OUT:-/tmp/gpu_out}

@@ -39,7 +39,7 @@ from lip_jax.phase_split import Plan, merge, plan_of, split
 PLATFORM = "gpu"
 COLUMNS = 16  # output (forward) or input phase (backward) columns per program
 SMEM_BUDGET = 160 * 2**10  # bytes of shared memory per program
-_F32 = 4
+_F32_BYTES = 4
 
 
 def interpret_mode():
@@ -70,10 +70,9 @@ def _rows(per_row: int, fixed: int, total: int) -> int:
     return int(max(1, min(total, (SMEM_BUDGET - fixed) // per_row)))
 
 
-def _features(a, cp: int, fill=0.0):
-    """`(..., C)` padded to `cp` features."""
-    return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, cp - a.shape[-1])],
-                   constant_values=fill)
+def _features(a, cp: int):
+    """`(..., C)` padded with zeros to `cp` features."""
+    return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, cp - a.shape[-1])])
 
 
 def _phases(a, p: Plan, fill, cp: int):
@@ -136,8 +135,8 @@ def forward(x, logits, geometry, interpret, residuals: bool):
     p = plan_of(geometry, h, w)
     ct, wt = _channel_tile(c), _column_tile(p.wo)
     dtypes = (jnp.float32,) * 3 if residuals else (x.dtype,)
-    per_row = _F32 * ct * (2 * p.sh * p.sw * (wt + p.vb) + len(dtypes) * wt)
-    rows = _rows(per_row, 2 * _F32 * ct * p.sh * p.sw * p.hb * (wt + p.vb), p.ho)
+    per_row = _F32_BYTES * ct * (2 * p.sh * p.sw * (wt + p.vb) + len(dtypes) * wt)
+    rows = _rows(per_row, 2 * _F32_BYTES * ct * p.sh * p.sw * p.hb * (wt + p.vb), p.ho)
     ho, wo, cp = _round_up(p.ho, rows), _round_up(p.wo, wt), _round_up(c, ct)
     p = p._replace(hq=ho + p.hb, wq=wo + p.vb)
     logits = jnp.repeat(logits, c // logits.shape[-1], axis=-1)  # per feature
@@ -188,8 +187,8 @@ def backward(x, logits, y, stats, g, geometry, interpret):
     n, h, w, c = x.shape
     p = plan_of(geometry, h, w)
     ct, wt = _channel_tile(c), _column_tile(p.wq)
-    phase_row = 4 * _F32 * ct * p.sh * p.sw * wt  # x, l, dx, dl
-    out_row = 4 * _F32 * ct * (wt + p.vb)  # g, y, top, log_total
+    phase_row = 4 * _F32_BYTES * ct * p.sh * p.sw * wt  # x, l, dx, dl
+    out_row = 4 * _F32_BYTES * ct * (wt + p.vb)  # g, y, top, log_total
     rows = _rows(phase_row + out_row, out_row * p.hb, p.hq)
     cp = _round_up(c, ct)
     p = p._replace(hq=_round_up(p.hq, rows), wq=_round_up(p.wq, wt))

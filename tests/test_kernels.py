@@ -118,7 +118,7 @@ def test_tpu_kernel_in_one_row_bands(monkeypatch, shape, geometry):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-# (backend, jax.export platform, the custom call of each kernel)
+# platform -> (its jax.export target, the custom call of each of its kernels)
 LOWERED = {"tpu": ("tpu", "tpu_custom_call"), "gpu": ("cuda", "custom_call @mosaic_gpu")}
 
 
