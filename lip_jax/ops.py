@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from lip_jax import lip_xla
 from lip_jax.lip_xla import FAST_LOGIT_RANGE
-from lip_jax.sharded import device_count, per_shard
+from lip_jax.sharded import per_shard
 from lip_jax.windows import (Padding, Window, compute_dtype, pool_window, spatial_axes,
                              window_sum, window_sum_transpose)
 
@@ -155,11 +155,6 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
     if bounded:
         _check_bounds(logit_bounds)
     backend = _kernel_backend(implementation, len(window_shape), bounded)
-    if backend == "mosaic_gpu" and jax.default_backend() != "gpu" and device_count(x) > 1:
-        raise ValueError(f"implementation={implementation!r} off a GPU runs in Mosaic GPU's "
-                         f"interpreter, which takes one device; these inputs span "
-                         f"{device_count(x)} (pass single-device arrays, or use 'pallas_gpu' "
-                         f"or 'xla')")
 
     def pool(inputs, logits):
         x, l, feature_ndim = _align(inputs, logits, "logits")

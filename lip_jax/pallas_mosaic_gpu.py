@@ -18,8 +18,9 @@ computes in registers:
   output-shaped arrays so that windows outside the output weigh nothing (`g = 0`,
   `top = +inf`).
 
-Off a GPU it runs in Mosaic GPU's interpret mode (tests); `jax.export` for "cuda" lowers
-it on any machine. Its speed has not been measured yet: "pallas" on a GPU stays the
+Off a GPU it runs in Mosaic GPU's interpret mode (tests; one device only: JAX 0.10's
+interpreter fails when several run it at once); `jax.export` for "cuda" lowers it on any
+machine. Its speed has not been measured yet: "pallas" on a GPU stays the
 Triton kernel until `experiments/gpu_check.sh` decides.
 """
 
@@ -35,6 +36,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from lip_jax.lip_kernel import out_struct
 from lip_jax.phase_split import Plan, merge, plan_of, split
+from lip_jax.sharded import device_count
 
 PLATFORM = "gpu"
 COLUMNS = 16  # output (forward) or input phase (backward) columns per program
@@ -131,6 +133,10 @@ def _forward_kernel(xs, ls, *refs, plan: Plan, rows: int, wt: int, ct: int):
 def forward(x, logits, geometry, interpret, residuals: bool):
     """`y` `(N, Ho, Wo, C)` in x.dtype; with `residuals`, `(y in float32, (top,
     log_total))` for `backward`."""
+    if interpret and (devices := device_count(x)) > 1:  # the backward follows a forward
+        raise ValueError(f"implementation='pallas_mosaic_gpu' off a GPU runs in Mosaic GPU's "
+                         f"interpreter, which takes one device; these inputs span {devices} "
+                         f"(pass single-device arrays, or use 'pallas_gpu' or 'xla')")
     n, h, w, c = x.shape
     p = plan_of(geometry, h, w)
     ct, wt = _channel_tile(c), _column_tile(p.wo)
