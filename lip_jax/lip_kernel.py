@@ -6,9 +6,12 @@ Each kernel module has `forward(x, logits, geometry, interpret, residuals)` and
 `backward(x, logits, y, stats, g, geometry, interpret)`. Under differentiation the
 forward keeps `y` in float32 (a bfloat16 output rounded before the backward's `x - y`
 would cost the logit gradient two decimal digits) and its per-window statistics; the
-primal call writes only `y` in the input dtype. Off their backend the kernels run in
-Pallas interpret mode (the Mosaic ones with Mosaic's TPU and GPU interpreters): tests
-only.
+primal call writes only `y` in the input dtype. Derivatives beyond the first (a
+gradient of a gradient, `jax.hessian`) are the XLA graph's (`lip_jax.lip_xla`), exact
+too: the kernels' forward and backward are `jax.custom_jvp`s whose JVPs are the graph's.
+Forward mode alone (`jax.jvp`, `jax.jacfwd`) is refused by JAX (a `custom_vjp`). Off
+their backend the kernels run in Pallas interpret mode (the Mosaic ones with Mosaic's TPU
+and GPU interpreters): tests only.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import functools
 import importlib
 
 import jax
+import jax.numpy as jnp
+
+from lip_jax import lip_xla
+from lip_jax.windows import Window
 
 
 def out_struct(shape, dtype, like: jax.Array) -> jax.ShapeDtypeStruct:
@@ -46,20 +53,66 @@ def lip_pool_nhwc(x, logits, geometry, backend: str):
     return module.forward(x, logits, geometry, interpret, residuals=False)
 
 
-def _fwd(x, logits, geometry, backend):
+def _xla_lip(x, logits, geometry):
+    """The XLA graph's LIP on a kernel's arguments, in float32 (or wider)."""
+    n, h, w, c = x.shape
+    groups = logits.shape[-1]
+    (kh, kw), (sh, sw), (ph, pw) = geometry
+    window = Window((1, kh, kw, 1, 1), (1, sh, sw, 1, 1), ((0, 0), ph, pw, (0, 0), (0, 0)))
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    y = lip_xla.lip(x.reshape(n, h, w, groups, c // groups), logits[..., None], window)
+    return y.reshape(*y.shape[:3], c)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _forward(x, logits, geometry, backend: str):
+    """The kernel's forward under differentiation: (y in float32, per-window stats)."""
     module, interpret = _kernels(backend)
-    y, stats = module.forward(x, logits, geometry, interpret, residuals=True)
-    return y.astype(x.dtype), (x, logits, y, stats)
+    return module.forward(x, logits, geometry, interpret, residuals=True)
 
 
-def _bwd(geometry, backend, residuals, g):
-    x, logits, y, stats = residuals
+@_forward.defjvp
+def _forward_jvp(geometry, backend, primals, tangents):
+    """y's tangent by the XLA graph; the stats' is given as zero: only `_backward` reads
+    them, and its JVP recomputes from x and the logits."""
+    y, stats = _forward(*primals, geometry, backend)
+    dy = jax.jvp(lambda x, l: _xla_lip(x, l, geometry), primals, tangents)[1]
+    return (y, stats), (dy.astype(y.dtype), jax.tree.map(jnp.zeros_like, stats))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6))
+def _backward(x, logits, y, stats, g, geometry, backend: str):
+    """The kernel's cotangents of x and the logits (summed over each logit's features)."""
     module, interpret = _kernels(backend)
     dx, dl = module.backward(x, logits, y, stats, g, geometry, interpret)
     n, h, w, c = x.shape
     groups = logits.shape[-1]
     dl = dl.reshape(n, h, w, groups, c // groups).sum(-1)
     return dx.astype(x.dtype), dl.astype(logits.dtype)
+
+
+@_backward.defjvp
+def _backward_jvp(geometry, backend, primals, tangents):
+    """The tangent of the XLA graph's cotangents, a function of x, the logits and g."""
+    x, logits, _, _, g = primals
+    dx, dl, _, _, dg = tangents
+
+    def cotangents(x, logits, g):
+        _, vjp = jax.vjp(lambda x, l: _xla_lip(x, l, geometry), x, logits)
+        cts = vjp(g.astype(jnp.promote_types(g.dtype, jnp.float32)))
+        return tuple(ct.astype(a.dtype) for ct, a in zip(cts, (x, logits)))
+
+    return (_backward(*primals, geometry, backend),
+            jax.jvp(cotangents, (x, logits, g), (dx, dl, dg))[1])
+
+
+def _fwd(x, logits, geometry, backend):
+    y, stats = _forward(x, logits, geometry, backend)
+    return y.astype(x.dtype), (x, logits, y, stats)
+
+
+def _bwd(geometry, backend, residuals, g):
+    return _backward(*residuals, g, geometry, backend)
 
 
 lip_pool_nhwc.defvjp(_fwd, _bwd)

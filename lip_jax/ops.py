@@ -126,7 +126,8 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
         "pallas_gpu" (`lip_jax.pallas_gpu`, Triton), "pallas_mosaic_gpu"
         (`lip_jax.pallas_mosaic_gpu`, Mosaic GPU) or "pallas_tpu"
         (`lip_jax.pallas_tpu`, Mosaic): fused kernels for 2-D windows (other ranks take
-        "xla"), reverse mode only, compiled on their backend and run in Pallas
+        "xla"), reverse mode only (to any order: beyond the first, the derivatives
+        are the XLA graph's), compiled on their backend and run in Pallas
         interpret mode on CPU; "pallas" is the running backend's kernel (on a GPU and
         on CPU the Triton one); None: the backend's `DEFAULT_IMPLEMENTATION`, or with
         `logit_bounds` its `DEFAULT_BOUNDED_IMPLEMENTATION` ("xla" where absent).

@@ -5,6 +5,8 @@ graph.
 Kept small: interpret mode runs each kernel program as traced JAX (seconds per call).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,6 +96,50 @@ def test_logits_spanning_200_are_exact_and_nan_stays_in_its_windows(implementati
     expected = np.zeros_like(nan)
     expected[0, 1:3, 1:3, 0] = True  # the four windows that hold pixel (3, 3)
     np.testing.assert_array_equal(nan, expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_under_vmap(kernel):
+    """`vmap` adds a grid dim to each kernel call (Pallas' batching rule)."""
+    x, logits = _randn(0, (2, 3, 5, 6, 4)), _randn(1, (2, 3, 5, 6, 2))
+
+    def grads(implementation):
+        def loss(x, l):
+            return jnp.sum(ops.lip_pool(x, l, (3, 3), (2, 2), P1,
+                                        implementation=implementation) ** 2)
+        return jax.vmap(jax.value_and_grad(loss, (0, 1)))(x, logits)
+
+    ours, xla = (jax.jit(grads, static_argnums=0)(i) for i in (kernel, "xla"))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_second_derivatives_are_the_xla_graphs(kernel):
+    """A gradient of a gradient (a gradient penalty) and a Hessian-vector product (forward
+    over reverse, as `jax.hessian`) run the kernel once and differentiate the XLA graph;
+    forward mode alone is refused."""
+    x, logits = _randn(0, (2, 5, 6, 4)), 3 * _randn(1, (2, 5, 6, 2))
+
+    def pool(implementation, x, l):
+        return ops.lip_pool(x, l, (3, 3), (2, 2), ((1, 1), (0, 1)),
+                            implementation=implementation)
+
+    def penalised(implementation, x, l):
+        value, dx = jax.value_and_grad(lambda x: jnp.sum(pool(implementation, x, l) ** 2))(x)
+        return value + jnp.sum(dx ** 2)
+
+    def second(implementation):
+        loss = functools.partial(penalised, implementation)
+        hvp = jax.jvp(jax.grad(lambda l: jnp.sum(pool(implementation, x, l) ** 2)), (logits,),
+                      (_randn(2, logits.shape),))[1]
+        return jax.grad(loss, (0, 1))(x, logits), hvp
+
+    ours, xla = (jax.jit(second, static_argnums=0)(i) for i in (kernel, "xla"))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(functools.partial(pool, kernel, x), (logits,), (logits,))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
