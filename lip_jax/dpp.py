@@ -45,6 +45,10 @@ def dpp_pool(inputs, alpha, lam, window_shape, strides=None, padding: Padding = 
     inputs, alpha and lambda.
     """
     patches, mask = window_patches(inputs, window_shape, strides, padding, ceil_mode)
+    for name, value in (("alpha", alpha), ("lam", lam)):
+        if jnp.ndim(value) > 1 or jnp.size(value) not in (1, patches.shape[-1]):
+            raise ValueError(f"{name} must be a scalar or one value per channel "
+                             f"({patches.shape[-1]}), got shape {jnp.shape(value)}")
     smooth = patch_mean(patches, mask)[..., None, :]
     ct = patches.dtype
     w = mask * dpp_weights(patches - smooth, jnp.asarray(alpha, ct), jnp.asarray(lam, ct),

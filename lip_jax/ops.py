@@ -28,8 +28,15 @@ from lip_jax.windows import (Padding, Window, compute_dtype, pool_window, spatia
                              window_sum, window_sum_transpose)
 
 
+def _array(name: str, x) -> jax.Array:
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}: {error}") from None
+
+
 def _check_float(name: str, x) -> jax.Array:
-    x = jnp.asarray(x)
+    x = _array(name, x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
     return x
@@ -37,7 +44,7 @@ def _check_float(name: str, x) -> jax.Array:
 
 def _as_float(name: str, x, dtype) -> jax.Array:
     """Float weights or logits as they are; integers and bools as `dtype`."""
-    x = jnp.asarray(x)
+    x = _array(name, x)
     if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
         return x.astype(dtype)
     return _check_float(name, x)
@@ -289,9 +296,13 @@ def tempered_max_pool(inputs, window_shape, strides=None, padding: Padding = "VA
     Its output never exceeds the window max and is non-decreasing in beta; a window of
     K values lies within (K - 1) / (e * beta) of its max. Exact for any beta, gradients
     included; on the XLA graph, images with `beta * (max - min)` above
-    `FAST_LOGIT_RANGE` take the slower per-window form (see `lip_pool`'s numerics).
+    `FAST_LOGIT_RANGE` take the slower per-window form (see `lip_pool`'s numerics). A
+    Python `beta` must be finite (an array's is not checked).
     """
-    return lip_pool(inputs, beta * jnp.asarray(inputs), window_shape, strides, padding,
+    if isinstance(beta, (int, float)) and not math.isfinite(beta):
+        raise ValueError(f"beta must be finite, got {beta}: max pooling is its limit "
+                         "(`flax.linen.max_pool`)")
+    return lip_pool(inputs, beta * _check_float("inputs", inputs), window_shape, strides, padding,
                     ceil_mode=ceil_mode)
 
 
@@ -308,6 +319,10 @@ def periodic_weights(pattern, spatial_shape, offset=None) -> jax.Array:
     """
     pattern = jnp.asarray(pattern)
     offset = (0,) * pattern.ndim if offset is None else tuple(offset)
+    if not pattern.ndim == len(spatial_shape) == len(offset):
+        raise ValueError(f"pattern of shape {pattern.shape}, spatial_shape "
+                         f"{tuple(spatial_shape)} and offset {offset} need one entry per "
+                         "spatial dim")
     index = jnp.meshgrid(*[(jnp.arange(n) + o) % p
                            for n, o, p in zip(spatial_shape, offset, pattern.shape)],
                          indexing="ij")

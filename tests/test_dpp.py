@@ -83,3 +83,16 @@ def test_linen_and_nnx_layers_agree(asymmetric):
                                rtol=1e-6, atol=1e-6)
     grads = jax.grad(lambda p: jnp.sum(linen.apply({"params": p}, x) ** 2))(params)
     assert all(float(jnp.abs(g).min()) > 0 for g in jax.tree.leaves(grads))
+
+
+def test_bad_parameters_and_geometry_are_named():
+    x = jnp.zeros((2, 6, 6, 4))
+    with pytest.raises(ValueError, match=r"alpha must be a scalar or one value per channel "
+                                         r"\(4\), got shape \(3,\)"):
+        N.DPP(3)(x)
+    with pytest.raises(ValueError, match=r"lam must be .* got shape \(2, 4\)"):
+        dpp_pool(x, 1.0, jnp.ones((2, 4)), (2, 2))
+    with pytest.raises(TypeError, match="window_shape must be a sequence of ints, got 3"):
+        N.DPP(4, window_shape=3)(x)
+    with pytest.raises(ValueError, match="padding must be .* int pairs, got 1"):
+        N.LIP(jnp.zeros_like, padding=1)(x)

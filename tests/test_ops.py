@@ -177,6 +177,12 @@ def test_soft_gate_range_and_dtype():
      ValueError, "leaves windows that hold padding only"),
     (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(3), (2, 2), (2, 2), ((0, 2), (0, 0))),
      ValueError, "leaves windows that hold padding only"),
+    (lambda: ops.lip_pool(jnp.ones((1, 4, 4, 3)), None, (2, 2)), TypeError,
+     "logits must be an array, got NoneType"),
+    (lambda: ops.tempered_max_pool(jnp.ones((1, 4, 4, 3)), (2, 2), beta=float("inf")),
+     ValueError, "beta must be finite, got inf"),
+    (lambda: ops.periodic_weights(jnp.eye(2), (7,)), ValueError,
+     r"pattern of shape \(2, 2\), spatial_shape \(7,\) and offset \(0, 0\) need one entry"),
 ])
 def test_bad_input_gets_a_clear_error(call, error, match):
     with pytest.raises(error, match=match):

@@ -9,9 +9,14 @@ from lip_jax.dpp import dpp_pool
 from lip_jax.ops import Padding, lip_pool
 
 
+def _frozen(value):
+    """Lists as tuples, at any depth (NNX keeps these attributes static); anything else
+    as it is, for `lip_pool` to check and name."""
+    return tuple(map(_frozen, value)) if isinstance(value, (list, tuple)) else value
+
+
 def _geometry(window_shape, strides, padding):
-    return (tuple(window_shape), None if strides is None else tuple(strides),
-            padding if isinstance(padding, str) else tuple(map(tuple, padding)))
+    return _frozen(window_shape), _frozen(strides), _frozen(padding)
 
 
 class LIP(nnx.Module):
