@@ -24,30 +24,8 @@ import jax.numpy as jnp
 from lip_jax import lip_xla
 from lip_jax.lip_xla import FAST_LOGIT_RANGE
 from lip_jax.sharded import per_shard
-from lip_jax.windows import (Padding, Window, compute_dtype, pool_window, spatial_axes,
-                             window_sum, window_sum_transpose)
-
-
-def _array(name: str, x) -> jax.Array:
-    try:
-        return jnp.asarray(x)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"{name} must be an array, got {type(x).__name__}: {error}") from None
-
-
-def _check_float(name: str, x) -> jax.Array:
-    x = _array(name, x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
-    return x
-
-
-def _as_float(name: str, x, dtype) -> jax.Array:
-    """Float weights or logits as they are; integers and bools as `dtype`."""
-    x = _array(name, x)
-    if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
-        return x.astype(dtype)
-    return _check_float(name, x)
+from lip_jax.windows import (Padding, Window, compute_dtype, float_array, pool_window,
+                             spatial_axes, window_sum, window_sum_transpose)
 
 
 def _align(inputs, weights, name: str) -> tuple[jax.Array, jax.Array, int]:
@@ -57,8 +35,8 @@ def _align(inputs, weights, name: str) -> tuple[jax.Array, jax.Array, int]:
     C features of the inputs (1 < G < C) are grouped: each run of C // G consecutive
     features shares one weight; inputs become (..., G, C // G) and weights (..., G, 1).
     """
-    inputs = _check_float("inputs", inputs)
-    weights = _as_float(name, weights, compute_dtype(inputs.dtype))
+    inputs = float_array("inputs", inputs)
+    weights = float_array(name, weights, compute_dtype(inputs.dtype))
     c = inputs.shape[-1] if inputs.ndim else 1
     g = weights.shape[-1] if weights.ndim else 1
     if weights.ndim and 1 < g < c and c % g == 0:
@@ -155,8 +133,8 @@ def lip_pool(inputs, logits, window_shape, strides=None, padding: Padding = "VAL
     (`jax.typeof(inputs).sharding`) is pooled per shard, without communication
     (`lip_jax.sharded`).
     """
-    inputs = _check_float("inputs", inputs)
-    logits = _as_float("logits", logits, compute_dtype(inputs.dtype))
+    inputs = float_array("inputs", inputs)
+    logits = float_array("logits", logits, compute_dtype(inputs.dtype))
     x, l, feature_ndim = _align(inputs, logits, "logits")
     pool_window(x.shape, window_shape, strides, padding, feature_ndim, ceil_mode)  # checks
     bounded = logit_bounds is not None
@@ -243,7 +221,7 @@ def window_share(logits, window_shape, strides=None, padding: Padding = "VALID",
     (float64 for float64 logits), exact for any finite logits; pixels that no window
     covers (e.g. the last row of an odd input under k2/s2/p0) get 0.
     """
-    logits = _as_float("logits", logits, jnp.float32)
+    logits = float_array("logits", logits, jnp.float32)
     window = pool_window(logits.shape, window_shape, strides, padding, ceil_mode=ceil_mode)
     return lip_xla.window_share(logits.astype(compute_dtype(logits.dtype)), window)
 
@@ -269,7 +247,7 @@ def average_pool(inputs, window_shape, strides=None, padding: Padding = "VALID",
     past the padding is never counted. The counts come from one `(1, ..., *spatial, 1)`
     array: XLA would constant-fold a batch-sized one at compile time (seconds at batch 500).
     """
-    x = _check_float("inputs", inputs)
+    x = float_array("inputs", inputs)
     window = pool_window(x.shape, window_shape, strides, padding, ceil_mode=ceil_mode)
     spatial = spatial_axes(window)
     ct = compute_dtype(x.dtype)
@@ -302,7 +280,7 @@ def tempered_max_pool(inputs, window_shape, strides=None, padding: Padding = "VA
     if isinstance(beta, (int, float)) and not math.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta}: max pooling is its limit "
                          "(`flax.linen.max_pool`)")
-    return lip_pool(inputs, beta * _check_float("inputs", inputs), window_shape, strides, padding,
+    return lip_pool(inputs, beta * float_array("inputs", inputs), window_shape, strides, padding,
                     ceil_mode=ceil_mode)
 
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lip_jax.windows import Padding, pool_window
+from lip_jax.windows import Padding, float_array, pool_window
 
 
 PADDING_MODES = ("exclude", "zeros", "reflect", "replicate")
@@ -32,7 +32,7 @@ def window_patches(inputs, window_shape, strides=None, padding: Padding = "VALID
     """
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    x = jnp.asarray(inputs)
+    x = float_array("inputs", inputs)
     window = pool_window(x.shape, window_shape, strides, padding, ceil_mode=ceil_mode)
     lead = x.ndim - len(window_shape) - 1
     ones = jnp.ones(x.shape[lead:-1] + (1,), jnp.promote_types(x.dtype, jnp.float32))

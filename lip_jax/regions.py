@@ -17,19 +17,43 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lip_jax.windows import float_array, positive_ints
 
-def _compute(x, name: str) -> jax.Array:
-    """`x` as an array in float32 (float64 stays float64); `name` names it in errors."""
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+
+def _compute(x, name: str, spatial_ndim: int | None = None) -> jax.Array:
+    """`x` `(N, *spatial, C)` as an array in float32 (float64 stays float64), with
+    `spatial_ndim` (or at least one) non-empty spatial dims; `name` names it in errors."""
+    x = float_array(name, x)
+    if x.ndim < 3 or (spatial_ndim is not None and x.ndim != spatial_ndim + 2):
+        dims = "*spatial" if spatial_ndim is None else ", ".join("HW"[:spatial_ndim])
+        raise ValueError(f"{name} of shape {x.shape}: expected (N, {dims}, C)")
+    if 0 in x.shape[1:-1]:
+        raise ValueError(f"{name} of shape {x.shape} have no spatial positions to pool")
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _logits_like(x, logits) -> jax.Array:
     """`logits` in x's compute dtype, broadcast to `x.shape[:-1] + (C or 1,)`."""
-    l = _compute(logits, "logits").astype(x.dtype)
-    return jnp.broadcast_to(l, x.shape[:-1] + (l.shape[-1] if l.ndim else 1,))
+    l = float_array("logits", logits).astype(x.dtype)
+    shape = x.shape[:-1] + (x.shape[-1] if l.ndim and l.shape[-1] != 1 else 1,)
+    try:
+        ok = jnp.broadcast_shapes(l.shape, shape) == shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"logits of shape {l.shape} do not broadcast to {shape} (per "
+                         f"channel or shared) for inputs of shape {x.shape}")
+    return jnp.broadcast_to(l, shape)
+
+
+def _output_size(output_size, spatial_ndim: int) -> tuple[int, ...]:
+    """An int (every spatial dim) or one positive int per spatial dim."""
+    if isinstance(output_size, (int, np.integer)):
+        output_size = (output_size,) * spatial_ndim
+    elif not isinstance(output_size, Sequence) or isinstance(output_size, str):
+        raise TypeError(f"output_size must be an int or {spatial_ndim} ints, got "
+                        f"{output_size!r}")
+    return positive_ints("output_size", output_size, spatial_ndim)
 
 
 def global_lip_pool(inputs, logits):
@@ -39,8 +63,6 @@ def global_lip_pool(inputs, logits):
     `(N, *spatial, 1)`). Zero logits give global average pooling.
     """
     x = _compute(inputs, "inputs")
-    if x.ndim < 3:
-        raise ValueError(f"inputs of shape {x.shape}: expected (N, *spatial, C)")
     l = _logits_like(x, logits)
     spatial = tuple(range(1, x.ndim - 1))
     w = jnp.exp(l - jax.lax.stop_gradient(jnp.max(l, axis=spatial, keepdims=True)))
@@ -69,14 +91,9 @@ def adaptive_lip_pool(inputs, logits, output_size: int | Sequence[int]):
     """
     x = _compute(inputs, "inputs")
     n_spatial = x.ndim - 2
-    if n_spatial < 1:
-        raise ValueError(f"inputs of shape {x.shape}: expected (N, *spatial, C)")
-    sizes = (output_size,) * n_spatial if isinstance(output_size, int) else tuple(output_size)
-    if len(sizes) != n_spatial or any(int(o) < 1 for o in sizes):
-        raise ValueError(f"output_size {output_size!r} needs {n_spatial} positive ints for "
-                         f"inputs of shape {x.shape}")
+    sizes = _output_size(output_size, n_spatial)
     l = _logits_like(x, logits)
-    bins = [adaptive_bins(size, int(out)) for size, out in zip(x.shape[1:-1], sizes)]
+    bins = [adaptive_bins(size, out) for size, out in zip(x.shape[1:-1], sizes)]
     mask = np.ones((1,) * (2 + 2 * n_spatial), bool)
     for i, (index, valid) in enumerate(bins):  # spatial dim i becomes (bins, positions)
         axis = 1 + 2 * i
@@ -163,18 +180,16 @@ def roi_lip_pool(features, logits, boxes, output_size: int | Sequence[int],
       is not an integer in `[0, N)` or a coordinate is NaN or infinite. Under `jax.jit`
       (boxes not concrete) such a box's output is NaN instead, and its gradients are 0.
     """
-    f = _compute(features, "features")
-    if f.ndim != 4:
-        raise ValueError(f"features of shape {f.shape}: expected (N, H, W, C)")
+    f = _compute(features, "features", spatial_ndim=2)
     boxes = jnp.asarray(boxes)
     if boxes.ndim != 2 or boxes.shape[1] != 5:
         raise ValueError(f"boxes of shape {boxes.shape}: expected (K, 5) rows "
                          "(batch_index, x1, y1, x2, y2)")
-    out_h, out_w = (output_size,) * 2 if isinstance(output_size, int) else output_size
-    if int(sampling_ratio) < 1:
-        raise ValueError(f"sampling_ratio must be >= 1, got {sampling_ratio} (the adaptive "
-                         "choice has data-dependent shapes)")
-    g = int(sampling_ratio)
+    out_h, out_w = _output_size(output_size, 2)
+    g = int(sampling_ratio) if isinstance(sampling_ratio, (int, np.integer)) else 0
+    if g < 1:
+        raise ValueError(f"sampling_ratio must be an int >= 1, got {sampling_ratio!r} (the "
+                         "adaptive choice, <= 0, has data-dependent shapes)")
     l = _logits_like(f, logits)
     valid = _valid_boxes(boxes, f.shape[0])
     b = jnp.where(valid[:, None], boxes, jnp.array([0, 0, 0, 1, 1])).astype(f.dtype)

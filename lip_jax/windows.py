@@ -27,8 +27,9 @@ class Window(NamedTuple):
     pads: tuple[tuple[int, int], ...]
 
 
-def _int_tuple(name: str, value, n: int) -> tuple[int, ...]:
-    """Ints (Python or NumPy); floats and strings are refused, never truncated."""
+def positive_ints(name: str, value, n: int) -> tuple[int, ...]:
+    """`n` positive ints (Python or NumPy); floats and strings are refused by `name`, never
+    truncated."""
     try:
         out = tuple(operator.index(v) for v in value)
     except TypeError:
@@ -81,8 +82,8 @@ def pool_window(input_shape, window_shape, strides=None, padding: Padding = "VAL
         raise ValueError(
             f"inputs of shape {tuple(input_shape)} have rank {len(input_shape)}; a {n}-D window "
             f"needs rank >= {n + 1}: (*batch, {n} spatial dims, features)")
-    window_shape = _int_tuple("window_shape", window_shape, n)
-    strides = (1,) * n if strides is None else _int_tuple("strides", strides, n)
+    window_shape = positive_ints("window_shape", window_shape, n)
+    strides = (1,) * n if strides is None else positive_ints("strides", strides, n)
     lead = len(input_shape) - n - feature_ndim
     spatial = tuple(input_shape[lead:lead + n])
     pads = _spatial_pads(spatial, window_shape, strides, padding)
@@ -134,6 +135,20 @@ def window_sum_transpose(u: jax.Array, window: Window, input_shape) -> jax.Array
     transpose = jax.linear_transpose(lambda t: window_sum(t, window),
                                      jax.ShapeDtypeStruct(tuple(input_shape), u.dtype))
     return transpose(u)[0]
+
+
+def float_array(name: str, x, ints_as=None) -> jax.Array:
+    """`x` as an array with a floating dtype (integers and bools converted to `ints_as`
+    where given); a TypeError naming `name` otherwise."""
+    try:
+        x = jnp.asarray(x)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}: {error}") from None
+    if ints_as is not None and (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
+        return x.astype(ints_as)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    return x
 
 
 def compute_dtype(dtype) -> jnp.dtype:

@@ -118,6 +118,21 @@ def test_bad_arguments_are_named():
         roi_lip_pool(FEATURES, FEATURES, np.zeros((3, 4)), 2)
     with pytest.raises(ValueError, match="sampling_ratio"):
         roi_lip_pool(FEATURES, FEATURES, BOXES, 2, sampling_ratio=0)
+    with pytest.raises(ValueError, match="sampling_ratio must be an int >= 1, got 1.5"):
+        roi_lip_pool(FEATURES, FEATURES, BOXES, 2, sampling_ratio=1.5)
+    with pytest.raises(TypeError, match="output_size must be an int or 2 ints, got 2.5"):
+        roi_lip_pool(FEATURES, FEATURES, BOXES, 2.5)
+    with pytest.raises(ValueError, match=r"output_size must be 2 positive ints, got \(2,\)"):
+        roi_lip_pool(FEATURES, FEATURES, BOXES, (2,))
+    assert adaptive_lip_pool(X, X, np.int64(2)).shape[1:3] == (2, 2)
+    for pool in (global_lip_pool, lambda x, l: adaptive_lip_pool(x, l, 2),
+                 lambda x, l: roi_lip_pool(x, l, BOXES[:1], 2)):
+        with pytest.raises(ValueError, match=r"logits of shape .* do not broadcast"):
+            pool(X, X[..., :2])
+        with pytest.raises(TypeError, match="logits must be an array, got NoneType"):
+            pool(X, None)
+    with pytest.raises(ValueError, match="have no spatial positions"):
+        global_lip_pool(X[:, :0], X[:, :0])
 
 
 @jax.jit
