@@ -9,7 +9,8 @@ would cost the logit gradient two decimal digits) and its per-window statistics;
 primal call writes only `y` in the input dtype. Derivatives beyond the first (a
 gradient of a gradient, `jax.hessian`) are the XLA graph's (`lip_jax.lip_xla`), exact
 too: the kernels' forward and backward are `jax.custom_jvp`s whose JVPs are the graph's.
-Forward mode alone (`jax.jvp`, `jax.jacfwd`) is refused by JAX (a `custom_vjp`). Off
+Forward mode alone (`jax.jvp`, `jax.jacfwd`) is refused by JAX (a `custom_vjp`). Under
+`vmap` a kernel call runs once over the vmapped images (`_kernel`). Off
 their backend the kernels run in Pallas interpret mode (the Mosaic ones with Mosaic's TPU
 and GPU interpreters): tests only.
 """
@@ -21,8 +22,10 @@ import importlib
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lip_jax import lip_xla
+from lip_jax.sharded import per_shard
 from lip_jax.windows import Window
 
 
@@ -32,13 +35,37 @@ def out_struct(shape, dtype, like: jax.Array) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.typeof(like).manual_axis_type)
 
 
-def _kernels(backend: str):
-    """(kernel module, interpret argument) for "gpu", "mosaic_gpu" or "tpu" on the
-    running platform."""
+def _kernel(backend: str, method: str, *arrays, **static):
+    """`forward` or `backward` (`method`) of `backend`'s kernel module ("gpu", "mosaic_gpu"
+    or "tpu"; interpreted off its platform) on arrays (or lists of them) `(N, ...)`.
+
+    Under `vmap`, the vmapped dim joins N: one kernel call over the larger batch, run per
+    shard where the vmapped dim is split over a mesh (`per_shard`), rather than Pallas'
+    batching rule, which cannot split it."""
     module = importlib.import_module(f"lip_jax.pallas_{backend}")
-    if jax.default_backend() == module.PLATFORM:
-        return module, False
-    return module, module.interpret_mode()
+    interpret = jax.default_backend() != module.PLATFORM and module.interpret_mode()
+    kernel = functools.partial(getattr(module, method), **static, interpret=interpret)
+
+    @jax.custom_batching.custom_vmap
+    def call(*arrays):
+        return kernel(*arrays)
+
+    @call.def_vmap
+    def fold(size, batched, *arrays):
+        # unbatched arrays are broadcast, split as the batched ones are
+        like = next(a for a, b in zip(jax.tree.leaves(arrays), jax.tree.leaves(batched)) if b)
+        split = jax.typeof(like).sharding
+        split = NamedSharding(split.mesh, P(split.spec[0])) if split.spec and split.spec[0] else None
+        arrays = jax.tree.map(
+            lambda a, b: a if b else jnp.broadcast_to(a, (size, *a.shape), out_sharding=split),
+            arrays, tuple(batched))
+        n = arrays[0].shape[1]
+        merged = jax.tree.map(lambda a: a.reshape(size * n, *a.shape[2:]), arrays)
+        out = per_shard(call, *merged, all_axes_manual=bool(interpret) and backend == "tpu")
+        out = jax.tree.map(lambda a: a.reshape(size, n, *a.shape[1:]), out)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return call(*arrays)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -49,8 +76,7 @@ def lip_pool_nhwc(x, logits, geometry, backend: str):
     `windows.pool_window` (every window holds an in-image pixel); `backend` "gpu",
     "mosaic_gpu" or "tpu". Returns `(N, Ho, Wo, C)` in x.dtype.
     """
-    module, interpret = _kernels(backend)
-    return module.forward(x, logits, geometry, interpret, residuals=False)
+    return _kernel(backend, "forward", x, logits, geometry=geometry, residuals=False)
 
 
 def _xla_lip(x, logits, geometry):
@@ -67,8 +93,7 @@ def _xla_lip(x, logits, geometry):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _forward(x, logits, geometry, backend: str):
     """The kernel's forward under differentiation: (y in float32, per-window stats)."""
-    module, interpret = _kernels(backend)
-    return module.forward(x, logits, geometry, interpret, residuals=True)
+    return _kernel(backend, "forward", x, logits, geometry=geometry, residuals=True)
 
 
 @_forward.defjvp
@@ -83,8 +108,7 @@ def _forward_jvp(geometry, backend, primals, tangents):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6))
 def _backward(x, logits, y, stats, g, geometry, backend: str):
     """The kernel's cotangents of x and the logits (summed over each logit's features)."""
-    module, interpret = _kernels(backend)
-    dx, dl = module.backward(x, logits, y, stats, g, geometry, interpret)
+    dx, dl = _kernel(backend, "backward", x, logits, y, stats, g, geometry=geometry)
     n, h, w, c = x.shape
     groups = logits.shape[-1]
     dl = dl.reshape(n, h, w, groups, c // groups).sum(-1)

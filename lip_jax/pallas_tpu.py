@@ -100,10 +100,7 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, interpret, *arg
         kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
         scratch_shapes=scratch, interpret=interpret,
         compiler_params=pltpu.CompilerParams(
-            # Pallas' TPU interpreter (JAX 0.10) counts a grid that `vmap` extended
-            # against these semantics and fails; it runs the grid in order without them.
-            dimension_semantics=None if interpret else ("parallel",) * len(grid),
-            vmem_limit_bytes=VMEM_LIMIT),
+            dimension_semantics=("parallel",) * len(grid), vmem_limit_bytes=VMEM_LIMIT),
     )(*args)
 
 

@@ -71,11 +71,11 @@ def _specs(x, l, mesh):
     return P(batch, *[None] * (x.ndim - 2), features), l_spec
 
 
-def per_shard(fn: Callable, x: jax.Array, l: jax.Array, all_axes_manual: bool = False
-              ) -> jax.Array:
-    """`fn(x, l)` for `x` `(B, *spatial, C)` and `l` broadcastable to it, run on each
-    shard of the batch when the inputs are split over a mesh; `fn` must treat every
-    image on its own and return `(B, ..., C)`.
+def per_shard(fn: Callable, x: jax.Array, l: jax.Array, *like_x, all_axes_manual: bool = False):
+    """`fn(x, l, *like_x)` for `x` `(B, *spatial, C)`, `l` broadcastable to it and arrays
+    (or lists of arrays) `like_x` `(B, ..., C)`, run on each shard of the batch when the
+    inputs are split over a mesh; `fn` must treat every image on its own and return
+    `(B, ..., C)` arrays.
 
     The mesh axes that split the inputs become manual, the others stay automatic, so no
     cotangent is summed over a mesh axis (except that of logits shared across the batch:
@@ -85,11 +85,11 @@ def per_shard(fn: Callable, x: jax.Array, l: jax.Array, all_axes_manual: bool = 
     mesh = _mesh(x) if x.ndim >= 2 else None
     specs = None if mesh is None else _specs(x, l, mesh)
     if specs is None:
-        return fn(x, l)
+        return fn(x, l, *like_x)
     x_spec, l_spec = specs
     axes = set(mesh.axis_names) if all_axes_manual else {
         a for part in x_spec if part is not None
         for a in ((part,) if isinstance(part, str) else part)}
     # check_vma=False: Pallas' interpret mode mixes varying and unvarying values.
-    return jax.shard_map(fn, mesh=mesh, in_specs=(x_spec, l_spec), out_specs=x_spec,
-                         axis_names=axes, check_vma=False)(x, l)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(x_spec, l_spec, *[x_spec] * len(like_x)),
+                         out_specs=x_spec, axis_names=axes, check_vma=False)(x, l, *like_x)

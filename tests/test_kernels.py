@@ -100,14 +100,16 @@ def test_logits_spanning_200_are_exact_and_nan_stays_in_its_windows(implementati
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_kernel_under_vmap(kernel):
-    """`vmap` adds a grid dim to each kernel call (Pallas' batching rule)."""
+    """`vmap` folds the vmapped dim into each kernel call's batch, also where only the
+    logits are vmapped."""
     x, logits = _randn(0, (2, 3, 5, 6, 4)), _randn(1, (2, 3, 5, 6, 2))
 
     def grads(implementation):
         def loss(x, l):
             return jnp.sum(ops.lip_pool(x, l, (3, 3), (2, 2), P1,
                                         implementation=implementation) ** 2)
-        return jax.vmap(jax.value_and_grad(loss, (0, 1)))(x, logits)
+        return (jax.vmap(jax.value_and_grad(loss, (0, 1)))(x, logits),
+                jax.vmap(jax.grad(loss, 1), (None, 0))(x[0], logits))
 
     ours, xla = (jax.jit(grads, static_argnums=0)(i) for i in (kernel, "xla"))
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla)):

@@ -6,7 +6,6 @@ subsampling, uniform weights), average pooling, SoftPool and tempered max poolin
 import functools
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from lip_jax import lip_pool
@@ -18,24 +17,16 @@ from lip_jax.testing import (check_average_pool_properties, check_lan_properties
 TWO_D = strategies.pool_examples(geometries=strategies.window_geometries(spatial_ndim=2))
 
 
-@pytest.mark.parametrize("implementation, max_examples, examples, skip", [
-    ("xla", 6, None, ()),
-    ("pallas_gpu", 3, TWO_D, ()),
-    ("pallas_mosaic_gpu", 3, TWO_D, ()),
-    ("pallas_tpu", 3, TWO_D, ("vmap",)),  # see the next test
+@pytest.mark.parametrize("implementation, max_examples, examples", [
+    ("xla", 6, None),
+    ("pallas_gpu", 3, TWO_D),
+    ("pallas_mosaic_gpu", 3, TWO_D),
+    ("pallas_tpu", 3, TWO_D),
 ])
 def test_lip_pool_has_the_lip_properties_on_every_implementation(implementation, max_examples,
-                                                                 examples, skip):
+                                                                 examples):
     check_lip_properties(functools.partial(lip_pool, implementation=implementation),
-                         max_examples=max_examples, examples=examples, skip=skip)
-
-
-@pytest.mark.xfail(raises=ValueError, strict=True, reason=(
-    "Pallas' TPU interpreter (jax 0.10.2) zips the grid, which vmap extends, with the "
-    "kernel's dimension_semantics, which it does not; Mosaic's lowering allows for it"))
-def test_pallas_tpu_kernel_under_vmap_in_interpret_mode():
-    x = jnp.ones((2, 1, 4, 4, 3))
-    jax.vmap(lambda x: lip_pool(x, x, (2, 2), implementation="pallas_tpu"))(x)
+                         max_examples=max_examples, examples=examples)
 
 
 def test_lip_pool_matches_the_reference_to_float64_precision():

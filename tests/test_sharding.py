@@ -65,6 +65,32 @@ def test_batch_sharded_pooling_has_no_collective(implementation, axis_type, mesh
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("implementation", ["xla", "pallas_gpu", "pallas_tpu"])
+def test_vmap_over_a_sharded_batch_has_no_collective(implementation):
+    """Per-example gradients (`vmap` of a one-image `value_and_grad`, as in DP-SGD) of a
+    batch split over 8 devices, and per-example logits pooling a shared image: the
+    kernels take the vmapped dim as their batch and run per shard."""
+    mesh = jax.make_mesh((8,), ("data",))
+    x, logits, _ = _inputs(1.0)
+    image = x[:1]
+
+    def per_example(x, l, image):
+        def loss(x, l):
+            return jnp.sum(ops.lip_pool(x[None], l[None], (3, 3), (2, 2), P1,
+                                        implementation=implementation) ** 2)
+        shared = jax.vmap(lambda l: ops.lip_pool(image, l[None], (3, 3), (2, 2), P1,
+                                                 implementation=implementation))(l)
+        return jax.vmap(jax.value_and_grad(loss, (0, 1)))(x, l), shared
+
+    run = jax.jit(per_example)
+    args = (*(jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x, logits)),
+            jax.device_put(image, NamedSharding(mesh, P())))
+    assert not [c for c in COLLECTIVES if c in run.lower(*args).compile().as_text()]
+    for got, want in zip(jax.tree.leaves(run(*args)), jax.tree.leaves(run(x, logits, image))):
+        assert got.sharding.spec[0] == "data"
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="compiled on a GPU, not interpreted")
 def test_interpreted_mosaic_gpu_kernel_refuses_inputs_on_several_devices():
     """Mosaic GPU's interpreter (JAX 0.10) takes one device: run concurrently on the 8
