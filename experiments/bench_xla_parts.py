@@ -6,7 +6,8 @@ Times, forward and forward+backward, side by side in one run: the default XLA gr
 (`lip_jax.lip_xla.lip`: per-image stats, a `lax.cond`, the chosen form), the bounded-logit
 path (`logit_bounds`: the fast form alone, no stats, no cond), the stats and cond with the
 fast form in both branches, the cond alone, plain autodiff of the fast form, autodiff of
-the per-window form, the mixed branch, the GPU kernels (on a GPU) and naive autodiff.
+the per-window form, the default graph vmapped over images, the mixed branch, the GPU
+kernels (on a GPU) and naive autodiff.
 Writes experiments/results/bench_xla_parts.json.
 """
 
@@ -60,6 +61,11 @@ def window_autodiff(x, l):
     return X._window_form(*X._compute(x, l, w), w)[0].astype(x.dtype)
 
 
+def per_example(x, l):
+    """The default graph under `vmap`, one image per call (per-example gradients)."""
+    return jax.vmap(lambda x, l: lip("xla")(x[None], l[None])[0])(x, l)
+
+
 def mixed_branch(x, l):
     w = _window(x)
     shift, fast = X._image_stats(l, w, jnp.float32)
@@ -79,7 +85,8 @@ def main(argv=None):
              "cond alone, fast both ways": cond_fast,
              "autodiff of fast form": fast_autodiff,
              "autodiff of per-window form": window_autodiff,
-             "mixed branch": mixed_branch, "naive autodiff": naive_lip}
+             "vmap over images": per_example, "mixed branch": mixed_branch,
+             "naive autodiff": naive_lip}
     if jax.default_backend() == "gpu":
         pools |= {kernel: lip(kernel) for kernel in ("pallas_gpu", "pallas_mosaic_gpu")}
     rows = []

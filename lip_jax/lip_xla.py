@@ -125,15 +125,27 @@ def lip(x, l, window: Window, bounded: bool = False):
 
     `bounded` (a promise: every image's logit range is under FAST_LOGIT_RANGE) makes every
     image take the fast form: no statistics, no cond. Otherwise one `lax.cond` on the
-    batch picks `_image_lip` (every image fast) or `_mixed_lip`; under `vmap` a cond
-    computes both.
+    batch picks `_image_lip` (every image fast) or `_mixed_lip`.
     """
     if bounded:
         return _image_lip(x, l, window)
     shift, fast = _image_stats(spatial_broadcast(l, x.shape, window), window,
                                compute_dtype(x.dtype))
-    return lax.cond(jnp.all(fast), lambda x, l, *_: _image_lip(x, l, window),
+    return lax.cond(_all_fast(fast), lambda x, l, *_: _image_lip(x, l, window),
                     lambda *a: _mixed_lip(*a, window), x, l, shift, fast)
+
+
+@jax.custom_batching.custom_vmap
+def _all_fast(fast):
+    """Whether every image takes the fast form. Under `vmap`, one answer for all that it
+    batches: a batched predicate would turn the cond into a select of both branches
+    (the mixed one computed for every batch); the mixed form chooses per image anyway."""
+    return jnp.all(fast)
+
+
+@_all_fast.def_vmap
+def _all_fast_vmap(axis_size, in_batched, fast):
+    return jnp.all(fast), False
 
 
 def _image_max(l, window: Window):

@@ -307,3 +307,24 @@ def test_window_share_matches_numpy_reference(shape, window, strides, padding, s
     assert share.shape == shape and bool(jnp.all(jnp.isfinite(share)))
     np.testing.assert_allclose(share, reference.window_share(logits, window, strides, padding),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_vmap_keeps_the_form_choice_one_cond():
+    """Under `vmap` the XLA graph still takes one branch (a batched predicate would make
+    the cond a select of both, the mixed form computed every time); an example whose
+    logits span 300 still gets its exact per-window result."""
+    x = _randn(0, (4, 1, 7, 9, 3))
+    logits = _randn(1, x.shape).at[2, 0, 0, 0, 0].set(300.0)
+
+    def pool(x, l):
+        return ops.lip_pool(x, l, (3, 3), (2, 2), P1, implementation="xla")
+
+    jaxpr = str(jax.make_jaxpr(jax.vmap(jax.grad(lambda x, l: pool(x, l).sum(), (0, 1))))(
+        x, logits))
+    assert "cond[" in jaxpr
+    for l in (logits.at[2].set(0.0), logits):
+        y = jax.vmap(pool)(x, l)
+        np.testing.assert_allclose(y, jnp.stack([pool(a, b) for a, b in zip(x, l)]), rtol=1e-6,
+                                   atol=1e-6)
+        np.testing.assert_allclose(y, reference.lip_pool(x, l, (3, 3), (2, 2), P1), rtol=1e-5,
+                                   atol=1e-5)
