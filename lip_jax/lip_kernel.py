@@ -10,9 +10,9 @@ primal call writes only `y` in the input dtype. Derivatives beyond the first (a
 gradient of a gradient, `jax.hessian`) are the XLA graph's (`lip_jax.lip_xla`), exact
 too: the kernels' forward and backward are `jax.custom_jvp`s whose JVPs are the graph's.
 Forward mode alone (`jax.jvp`, `jax.jacfwd`) is refused by JAX (a `custom_vjp`). Under
-`vmap` a kernel call runs once over the vmapped images (`_kernel`). Off
-their backend the kernels run in Pallas interpret mode (the Mosaic ones with Mosaic's TPU
-and GPU interpreters): tests only.
+`vmap` a kernel call runs once over the vmapped images (`_kernel`). Off their backend the
+kernels run in Pallas interpret mode (the Mosaic ones with Mosaic's TPU and GPU
+interpreters): tests only.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def _kernel(backend: str, method: str, *arrays, **static):
     def fold(size, batched, *arrays):
         # unbatched arrays are broadcast, split as the batched ones are
         like = next(a for a, b in zip(jax.tree.leaves(arrays), jax.tree.leaves(batched)) if b)
-        split = jax.typeof(like).sharding
-        split = NamedSharding(split.mesh, P(split.spec[0])) if split.spec and split.spec[0] else None
+        mesh, spec = jax.typeof(like).sharding.mesh, jax.typeof(like).sharding.spec
+        split = NamedSharding(mesh, P(spec[0])) if spec and spec[0] else None
         arrays = jax.tree.map(
             lambda a, b: a if b else jnp.broadcast_to(a, (size, *a.shape), out_sharding=split),
             arrays, tuple(batched))

@@ -2,7 +2,8 @@
 
 `pool_window` validates a pooling's window, strides and padding against an input shape
 and returns them over all dims (`Window`); `window_sum` and its transpose are the
-`lax.reduce_window` sums; sums accumulate in `compute_dtype`.
+`lax.reduce_window` sums; sums accumulate in `compute_dtype`. `float_array` and
+`positive_ints` check the poolings' arrays and sizes, naming the argument at fault.
 """
 
 from __future__ import annotations
