@@ -119,3 +119,19 @@ def test_param_dtype():
     dtypes = {v.dtype for v in jax.tree.leaves(nnx.state(module, nnx.Param))}
     assert dtypes == {jnp.dtype(jnp.bfloat16)}
     assert module(X).dtype == jnp.float32
+
+
+def test_implementation_is_passed_to_lip_pool():
+    """Both front ends take `lip_pool`'s `implementation`: the XLA graph's forward mode,
+    a kernel's values, and an unknown name refused by `lip_pool`."""
+    linen = L.LIP(L.ProjectionLogit(zero_init=False), implementation="xla")
+    params = _perturbed(linen.init(jax.random.key(0), X)["params"])
+    graph, state = nnx.split(N.LIP(N.ProjectionLogit(C, zero_init=False, rngs=nnx.Rngs(0)),
+                                   implementation="pallas_gpu"))
+    nnx.replace_by_pure_dict(state, params)
+    expected = linen.apply({"params": params}, X)
+    np.testing.assert_allclose(nnx.merge(graph, state)(X), expected, rtol=1e-5, atol=1e-5)
+    tangent = jax.jvp(lambda x: linen.apply({"params": params}, x), (X,), (X,))[1]
+    assert tangent.shape == expected.shape
+    with pytest.raises(ValueError, match="implementation must be None or one of"):
+        L.LIP(L.ProjectionLogit(), implementation="cuda").init(jax.random.key(0), X)

@@ -24,6 +24,9 @@ class LIP(nn.Module):
     Inside another module's compact method, build the logit module with `parent=None` so
     that it becomes this layer's child `logit`.
 
+    `implementation` is `lip_pool`'s (None: the backend's default), e.g. "xla" for
+    forward-mode differentiation on a GPU.
+
     With `mutable=["importance"]` in `apply`, the layer sows its `logits` and each pixel's
     `window_share` (see `lip_jax.ops.window_share`); otherwise it computes neither.
     """
@@ -32,6 +35,7 @@ class LIP(nn.Module):
     window_shape: Sequence[int] = (3, 3)
     strides: Sequence[int] | None = (2, 2)
     padding: Padding = ((1, 1), (1, 1))
+    implementation: str | None = None
 
     def __call__(self, x, logit_input=None):
         logits = self.logit(x if logit_input is None else logit_input)
@@ -41,6 +45,7 @@ class LIP(nn.Module):
             self.sow(IMPORTANCE, "window_share", window_share(
                 logits, self.window_shape, self.strides, self.padding))
         return lip_pool(x, logits, self.window_shape, self.strides, self.padding,
+                        self.implementation,
                         logit_bounds=getattr(self.logit, "logit_bounds", None))
 
 

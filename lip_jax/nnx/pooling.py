@@ -24,14 +24,16 @@ class LIP(nnx.Module):
 
     def __init__(self, logit: Callable, window_shape: Sequence[int] = (3, 3),
                  strides: Sequence[int] | None = (2, 2),
-                 padding: Padding = ((1, 1), (1, 1))):
+                 padding: Padding = ((1, 1), (1, 1)), implementation: str | None = None):
         self.logit = logit
         self.window_shape, self.strides, self.padding = _geometry(window_shape, strides,
                                                                   padding)
+        self.implementation = implementation
 
     def __call__(self, x, logit_input=None):
         logits = self.logit(x if logit_input is None else logit_input)
         return lip_pool(x, logits, self.window_shape, self.strides, self.padding,
+                        self.implementation,
                         logit_bounds=getattr(self.logit, "logit_bounds", None))
 
 
