@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lip_jax.sharded import device_count
 from lip_jax.windows import Window, compute_dtype, spatial_axes, window_sum, window_sum_transpose
 
 # Logit ranges (max - min over an image) below this take the fast image-wide shift:
@@ -137,14 +138,18 @@ def lip(x, l, window: Window, bounded: bool = False):
 
 @jax.custom_batching.custom_vmap
 def _all_fast(fast):
-    """Whether every image takes the fast form. Under `vmap`, one answer for all that it
-    batches: a batched predicate would turn the cond into a select of both branches
-    (the mixed one computed for every batch); the mixed form chooses per image anyway."""
+    """Whether every image takes the fast form. Under `vmap` on one device, one answer for
+    all that it batches: a batched predicate turns the cond into a select of both branches
+    (the mixed one computed for every batch), and the mixed form chooses per image anyway.
+    On several devices the vmapped images may be split over them, and one answer would
+    take an all-reduce: there each vmapped call keeps its own."""
     return jnp.all(fast)
 
 
 @_all_fast.def_vmap
 def _all_fast_vmap(axis_size, in_batched, fast):
+    if device_count(fast) > 1:
+        return jnp.all(fast, axis=tuple(range(1, fast.ndim))), True
     return jnp.all(fast), False
 
 
