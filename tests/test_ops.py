@@ -310,9 +310,9 @@ def test_window_share_matches_numpy_reference(shape, window, strides, padding, s
 
 
 def test_vmap_keeps_the_form_choice_one_cond():
-    """Under `vmap` the XLA graph still takes one branch (a batched predicate would make
-    the cond a select of both, the mixed form computed every time); an example whose
-    logits span 300 still gets its exact per-window result."""
+    """Under `vmap` on one device the XLA graph still takes one branch (a batched
+    predicate would make the cond a select of both, the mixed form computed every time);
+    an example whose logits span 300 still gets its exact per-window result."""
     x = _randn(0, (4, 1, 7, 9, 3))
     logits = _randn(1, x.shape).at[2, 0, 0, 0, 0].set(300.0)
 
