@@ -123,15 +123,19 @@ def test_param_dtype():
 
 def test_implementation_is_passed_to_lip_pool():
     """Both front ends take `lip_pool`'s `implementation`: the XLA graph's forward mode,
-    a kernel's values, and an unknown name refused by `lip_pool`."""
+    a kernel's values and its refusal of forward mode (so the kernel did run), and an
+    unknown name refused by `lip_pool`."""
     linen = L.LIP(L.ProjectionLogit(zero_init=False), implementation="xla")
     params = _perturbed(linen.init(jax.random.key(0), X)["params"])
     graph, state = nnx.split(N.LIP(N.ProjectionLogit(C, zero_init=False, rngs=nnx.Rngs(0)),
                                    implementation="pallas_gpu"))
     nnx.replace_by_pure_dict(state, params)
+    kernel = nnx.merge(graph, state)
     expected = linen.apply({"params": params}, X)
-    np.testing.assert_allclose(nnx.merge(graph, state)(X), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernel(X), expected, rtol=1e-5, atol=1e-5)
     tangent = jax.jvp(lambda x: linen.apply({"params": params}, x), (X,), (X,))[1]
     assert tangent.shape == expected.shape
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(kernel, (X,), (X,))
     with pytest.raises(ValueError, match="implementation must be None or one of"):
         L.LIP(L.ProjectionLogit(), implementation="cuda").init(jax.random.key(0), X)
