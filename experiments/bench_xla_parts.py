@@ -7,7 +7,9 @@ Times, forward and forward+backward, side by side in one run: the default XLA gr
 path (`logit_bounds`: the fast form alone, no stats, no cond), the stats and cond with the
 fast form in both branches, the cond alone, plain autodiff of the fast form, autodiff of
 the per-window form, the default graph vmapped over images, the mixed branch, the GPU
-kernels (on a GPU) and naive autodiff.
+kernels (on a GPU) and naive autodiff; and the default graph, the bounded path and naive
+autodiff with their logits made in the same jit (`soft_gate` of the input), as in a
+network, where the cond's operands must be materialised and the others fuse the gate.
 Writes experiments/results/bench_xla_parts.json.
 """
 
@@ -72,6 +74,11 @@ def mixed_branch(x, l):
     return X._mixed_lip(x, l, shift, fast, w)
 
 
+def gated(pool):
+    """`pool` of `soft_gate(l)`, the logits made inside the timed function."""
+    return lambda x, l: pool(x, ops.soft_gate(l))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["32,56,56,256", "128,28,28,32"])
@@ -86,7 +93,9 @@ def main(argv=None):
              "autodiff of fast form": fast_autodiff,
              "autodiff of per-window form": window_autodiff,
              "vmap over images": per_example, "mixed branch": mixed_branch,
-             "naive autodiff": naive_lip}
+             "naive autodiff": naive_lip, "xla (default graph), gate in jit": gated(lip("xla")),
+             "bounded logits, gate in jit": gated(bounded),
+             "naive autodiff, gate in jit": gated(naive_lip)}
     if jax.default_backend() == "gpu":
         pools |= {kernel: lip(kernel) for kernel in ("pallas_gpu", "pallas_mosaic_gpu")}
     rows = []
@@ -100,7 +109,7 @@ def main(argv=None):
                                                             args.inner).items():
                 rows.append(dict(shape=list(shape), dtype=jnp.dtype(dtype).name, variant=name,
                                  forward_ms=fwd, forward_backward_ms=fwd_bwd))
-                print(f"{str(shape):>20} {rows[-1]['dtype']:>9} {name:>29} {fwd:8.3f} "
+                print(f"{str(shape):>20} {rows[-1]['dtype']:>9} {name:>33} {fwd:8.3f} "
                       f"{fwd_bwd:8.3f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(dict(device=jax.devices()[0].device_kind,
