@@ -17,7 +17,7 @@ weights (weight 0).
 
 import jax.numpy as jnp
 
-from lip_jax.windows import Padding
+from lip_jax.windows import Padding, flag, float_array
 from lip_jax.patches import patch_mean, window_patches
 
 DPP_EPS = 1e-3
@@ -45,12 +45,14 @@ def dpp_pool(inputs, alpha, lam, window_shape, strides=None, padding: Padding = 
     inputs, alpha and lambda.
     """
     patches, mask = window_patches(inputs, window_shape, strides, padding, ceil_mode)
-    for name, value in (("alpha", alpha), ("lam", lam)):
-        if jnp.ndim(value) > 1 or jnp.size(value) not in (1, patches.shape[-1]):
-            raise ValueError(f"{name} must be a scalar or one value per channel "
-                             f"({patches.shape[-1]}), got shape {jnp.shape(value)}")
-    smooth = patch_mean(patches, mask)[..., None, :]
     ct = patches.dtype
-    w = mask * dpp_weights(patches - smooth, jnp.asarray(alpha, ct), jnp.asarray(lam, ct),
-                           asymmetric, eps)
+    alpha, lam, eps = (float_array(name, value, ints_as=ct) for name, value
+                       in (("alpha", alpha), ("lam", lam), ("eps", eps)))
+    for name, value in (("alpha", alpha), ("lam", lam)):
+        if value.ndim > 1 or value.size not in (1, patches.shape[-1]):
+            raise ValueError(f"{name} must be a scalar or one value per channel "
+                             f"({patches.shape[-1]}), got shape {value.shape}")
+    smooth = patch_mean(patches, mask)[..., None, :]
+    w = mask * dpp_weights(patches - smooth, alpha.astype(ct), lam.astype(ct),
+                           flag("asymmetric", asymmetric), eps)
     return patch_mean(patches, w).astype(jnp.asarray(inputs).dtype)

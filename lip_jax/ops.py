@@ -17,6 +17,7 @@ with `len(window_shape)` spatial dims and any number of leading batch dims.
 from __future__ import annotations
 
 import math
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +25,9 @@ import jax.numpy as jnp
 from lip_jax import lip_xla
 from lip_jax.lip_xla import FAST_LOGIT_RANGE
 from lip_jax.sharded import per_shard
-from lip_jax.windows import (Padding, Window, compute_dtype, float_array, pool_window,
-                             spatial_axes, window_sum, window_sum_transpose)
+from lip_jax.windows import (Padding, Window, compute_dtype, flag, float_array, pool_window,
+                             positive_ints, spatial_axes, window_sum,
+                             window_sum_transpose)
 
 
 def _align(inputs, weights, name: str) -> tuple[jax.Array, jax.Array, int]:
@@ -232,7 +234,8 @@ def soft_gate(z, coeff: float = 12.0):
     Computed and returned in float32 or wider: the logits feed `exp`, and bf16 would
     round `12 * sigmoid` by up to 0.03, i.e. the weights by 3%.
     """
-    z = jnp.asarray(z)
+    z = float_array("z", z, ints_as=jnp.float32)
+    coeff = float_array("coeff", coeff, ints_as=jnp.float32)
     return coeff * jax.nn.sigmoid(z.astype(jnp.promote_types(z.dtype, jnp.float32)))
 
 
@@ -252,7 +255,7 @@ def average_pool(inputs, window_shape, strides=None, padding: Padding = "VALID",
     spatial = spatial_axes(window)
     ct = compute_dtype(x.dtype)
     ones = jnp.ones([n if a in spatial else 1 for a, n in enumerate(x.shape)], ct)
-    if count_include_pad:  # count the padding, not what ceil_mode adds beyond it
+    if flag("count_include_pad", count_include_pad):  # count the padding, not what ceil_mode adds beyond it
         base = pool_window(x.shape, window_shape, strides, padding)
         ones = jnp.pad(ones, base.pads, constant_values=1)
         window = window._replace(pads=tuple((0, hi - b_hi) for (_, hi), (_, b_hi)
@@ -280,6 +283,7 @@ def tempered_max_pool(inputs, window_shape, strides=None, padding: Padding = "VA
     if isinstance(beta, (int, float)) and not math.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta}: max pooling is its limit "
                          "(`flax.linen.max_pool`)")
+    beta = float_array("beta", beta, ints_as=jnp.float32)
     return lip_pool(inputs, beta * float_array("inputs", inputs), window_shape, strides, padding,
                     ceil_mode=ceil_mode)
 
@@ -301,6 +305,11 @@ def periodic_weights(pattern, spatial_shape, offset=None) -> jax.Array:
         raise ValueError(f"pattern of shape {pattern.shape}, spatial_shape "
                          f"{tuple(spatial_shape)} and offset {offset} need one entry per "
                          "spatial dim")
+    spatial_shape = positive_ints("spatial_shape", spatial_shape, pattern.ndim)
+    try:
+        offset = tuple(operator.index(o) for o in offset)
+    except TypeError:
+        raise TypeError(f"offset must be ints, got {offset!r}") from None
     index = jnp.meshgrid(*[(jnp.arange(n) + o) % p
                            for n, o, p in zip(spatial_shape, offset, pattern.shape)],
                          indexing="ij")

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lip_jax.windows import float_array, positive_ints
+from lip_jax.windows import flag, float_array, positive_ints
 
 
 def _compute(x, name: str, spatial_ndim: int | None = None) -> jax.Array:
@@ -193,8 +193,9 @@ def roi_lip_pool(features, logits, boxes, output_size: int | Sequence[int],
     l = _logits_like(f, logits)
     valid = _valid_boxes(boxes, f.shape[0])
     b = jnp.where(valid[:, None], boxes, jnp.array([0, 0, 0, 1, 1])).astype(f.dtype)
-    offset = 0.5 if aligned else 0.0
-    x1, y1, x2, y2 = (b[:, i] * spatial_scale - offset for i in range(1, 5))
+    offset = 0.5 if flag("aligned", aligned) else 0.0
+    scale = float_array("spatial_scale", spatial_scale, ints_as=f.dtype)
+    x1, y1, x2, y2 = (b[:, i] * scale - offset for i in range(1, 5))
     width, height = x2 - x1, y2 - y1
     if not aligned:
         width, height = jnp.maximum(width, 1.0), jnp.maximum(height, 1.0)

@@ -2,8 +2,9 @@
 
 `pool_window` validates a pooling's window, strides and padding against an input shape
 and returns them over all dims (`Window`); `window_sum` and its transpose are the
-`lax.reduce_window` sums; sums accumulate in `compute_dtype`. `float_array` and
-`positive_ints` check the poolings' arrays and sizes, naming the argument at fault.
+`lax.reduce_window` sums; sums accumulate in `compute_dtype`. `float_array`,
+`positive_ints` and `flag` check the poolings' arrays, sizes and switches, naming the
+argument at fault.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def positive_ints(name: str, value, n: int) -> tuple[int, ...]:
     if len(out) != n or any(v < 1 for v in out):
         raise ValueError(f"{name} must be {n} positive ints, got {value!r}")
     return out
+
+
+def flag(name: str, value) -> bool:
+    """`value`, a bool (Python or NumPy); a TypeError naming `name` otherwise (a string
+    such as "no" would otherwise count as True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def _spatial_pads(spatial_shape, window_shape, strides, padding) -> tuple[tuple[int, int], ...]:
@@ -88,8 +97,7 @@ def pool_window(input_shape, window_shape, strides=None, padding: Padding = "VAL
     lead = len(input_shape) - n - feature_ndim
     spatial = tuple(input_shape[lead:lead + n])
     pads = _spatial_pads(spatial, window_shape, strides, padding)
-    if not isinstance(ceil_mode, (bool, np.bool_)):
-        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+    flag("ceil_mode", ceil_mode)
     for axis, (size, k, s, (lo, hi)) in enumerate(zip(spatial, window_shape, strides, pads)):
         if size + lo + hi < k:
             raise ValueError(

@@ -94,5 +94,9 @@ def test_bad_parameters_and_geometry_are_named():
         dpp_pool(x, 1.0, jnp.ones((2, 4)), (2, 2))
     with pytest.raises(TypeError, match="window_shape must be a sequence of ints, got 3"):
         N.DPP(4, window_shape=3)(x)
+    with pytest.raises(TypeError, match="eps must be an array, got str"):
+        dpp_pool(x, 1.0, 1.0, (2, 2), eps="tiny")
+    with pytest.raises(TypeError, match="asymmetric must be a bool, got 'yes'"):
+        dpp_pool(x, 1.0, 1.0, (2, 2), asymmetric="yes")
     with pytest.raises(ValueError, match="padding must be .* int pairs, got 1"):
         N.LIP(jnp.zeros_like, padding=1)(x)

@@ -124,6 +124,10 @@ def test_bad_arguments_are_named():
         roi_lip_pool(FEATURES, FEATURES, BOXES, 2.5)
     with pytest.raises(ValueError, match=r"output_size must be 2 positive ints, got \(2,\)"):
         roi_lip_pool(FEATURES, FEATURES, BOXES, (2,))
+    with pytest.raises(TypeError, match="spatial_scale must be an array, got str"):
+        roi_lip_pool(FEATURES, FEATURES, BOXES, 2, spatial_scale="0.5")
+    with pytest.raises(TypeError, match="aligned must be a bool, got 'no'"):
+        roi_lip_pool(FEATURES, FEATURES, BOXES, 2, aligned="no")
     assert adaptive_lip_pool(X, X, np.int64(2)).shape[1:3] == (2, 2)
     for pool in (global_lip_pool, lambda x, l: adaptive_lip_pool(x, l, 2),
                  lambda x, l: roi_lip_pool(x, l, BOXES[:1], 2)):
