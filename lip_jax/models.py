@@ -81,8 +81,8 @@ def list_models() -> list[str]:
 def model_spec(name: str) -> ModelSpec:
     """The `ModelSpec` of model `name`; an unknown name raises ValueError with the closest
     known names."""
-    if name not in _MODELS:
-        close = difflib.get_close_matches(name, list_models(), n=3)
+    if not isinstance(name, str) or name not in _MODELS:
+        close = difflib.get_close_matches(name, list_models(), n=3) if isinstance(name, str) else []
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
         raise ValueError(f"unknown model {name!r}; {hint}known models: "
                          f"{', '.join(list_models())}")
@@ -100,8 +100,19 @@ def create_model(name: str, num_classes: int = 1000, *, dtype=jnp.float32, **kw)
     `lip_jax.nnx.create_model` builds the NNX model.
     """
     spec = model_spec(name)
-    return spec.factory(num_classes=positive_int("num_classes", num_classes), dtype=dtype,
-                        **kw)
+    return spec.factory(num_classes=positive_int("num_classes", num_classes),
+                        dtype=_float_dtype(dtype), **kw)
+
+
+def _float_dtype(dtype):
+    """`dtype`, a floating dtype (or None: Flax's, from the inputs); a TypeError naming it
+    otherwise."""
+    try:
+        if dtype is None or jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+            return dtype
+    except TypeError:
+        pass
+    raise TypeError(f"dtype must be a floating dtype such as jnp.bfloat16, got {dtype!r}")
 
 
 def positive_int(what: str, value) -> int:

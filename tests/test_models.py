@@ -96,6 +96,11 @@ def test_remat_logits_changes_memory_not_results():
 def test_unknown_model_is_named():
     with pytest.raises(ValueError, match="unknown model 'lip_resnet51'.*lip_resnet50"):
         create_model("lip_resnet51")
+    with pytest.raises(ValueError, match="unknown model None; known models: cnn, "):
+        create_model(None)
+    for dtype in ("float33", jnp.int32):
+        with pytest.raises(TypeError, match="dtype must be a floating dtype"):
+            create_model("cnn", dtype=dtype)
 
 
 @pytest.mark.parametrize("name", ["lip_resnet50", "lip_resnet101", "lip_densenet121"])

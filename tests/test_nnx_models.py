@@ -253,6 +253,22 @@ def test_images_of_other_channel_counts_and_errors_of_the_linen_factory():
         N.create_model("cnn", global_pool="max", rngs=nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("family", ["cnn", "resnet", "densenet"])
+def test_images_that_are_not_a_channels_last_batch_are_named(family):
+    """A single image or channels-first images ran, misread (a (7, 10) "batch" of
+    logits); now both front ends name the shape."""
+    name = {"cnn": "cnn", "resnet": "resnet18", "densenet": "densenet121"}[family]
+    nnx_model = N.create_model(name, 5, rngs=nnx.Rngs(0), in_features=3, **TINY[family])
+    linen_model = models.create_model(name, 5, **TINY[family])
+    for shape in [(16, 16, 3), (2, 3, 16, 16), (2, 16, 16, 4)]:
+        match = re.escape(f"images of shape {shape}: expected (N, H, W, 3)")
+        with pytest.raises(ValueError, match=match):
+            nnx_model(jnp.zeros(shape))
+        if shape[-1] == 3:  # Linen's channels are the images' own
+            with pytest.raises(ValueError, match=match):
+                jax.eval_shape(linen_model.init, jax.random.key(0), jnp.zeros(shape))
+
+
 def test_a_pooling_without_an_nnx_layer_is_named():
     mine = Pooling("mine", lambda w, s, p, logit, name: functools.partial(
         average_pool, window_shape=w, strides=s, padding=p))

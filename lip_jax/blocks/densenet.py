@@ -95,10 +95,12 @@ def densenet(c: DenseNetConfig, in_features: int) -> D.Block:
     if not c.features_only:
         layers.update(global_pool=D.global_pool(c.global_pool, features),
                       classifier=D.Dense(features, c.num_classes, linear_init))
-    return D.block(_densenet, blocks=tuple(blocks), features_only=c.features_only, **layers)
+    return D.block(_densenet, blocks=tuple(blocks), features_only=c.features_only,
+                   in_features=in_features, **layers)
 
 
 def _densenet(m, x):
+    x = D.images(m, x)
     x = m.pool0(relu(m.norm0(m.conv0(x))))
     features = {}
     for i, names in enumerate(m.blocks, start=1):

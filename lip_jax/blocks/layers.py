@@ -100,6 +100,15 @@ def block(forward: Callable, **children) -> Block:
     return Block(forward, tuple(children.items()))
 
 
+def images(m, x):
+    """`x`, a batch of images `(N, H, W, m.in_features)`; a ValueError naming its shape
+    otherwise (a single image or channels-first would otherwise run, misread)."""
+    if jnp.ndim(x) != 4 or jnp.shape(x)[-1] != m.in_features:
+        raise ValueError(f"images of shape {jnp.shape(x)}: expected (N, H, W, "
+                         f"{m.in_features}), a batch of channels-last images")
+    return x
+
+
 def global_average(x):
     """`(N, *spatial, C) -> (N, C)`: the mean over positions."""
     return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))

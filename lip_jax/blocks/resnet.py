@@ -103,10 +103,12 @@ def resnet(c: ResNetConfig, in_features: int) -> D.Block:
     if not c.features_only:
         layers.update(global_pool=D.global_pool(c.global_pool, features),
                       fc=D.Dense(features, c.num_classes, nn.initializers.normal(0.01)))
-    return D.block(_resnet, stages=tuple(stages), features_only=c.features_only, **layers)
+    return D.block(_resnet, stages=tuple(stages), features_only=c.features_only,
+                   in_features=in_features, **layers)
 
 
 def _resnet(m, x):
+    x = D.images(m, x)
     x = m.maxpool(relu(m.bn1(m.conv1(x))))
     features = {}
     for i, names in enumerate(m.stages):

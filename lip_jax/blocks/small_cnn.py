@@ -50,10 +50,11 @@ def small_cnn(c: SmallCNNConfig, in_features: int) -> D.Block:
         stages.append(names)
     layers.update(global_pool=D.global_pool(c.global_pool, features),
                   fc=D.Dense(features, c.num_classes))
-    return D.block(_small_cnn, stages=tuple(stages), **layers)
+    return D.block(_small_cnn, stages=tuple(stages), in_features=in_features, **layers)
 
 
 def _small_cnn(m, x):
+    x = D.images(m, x)
     for i, names in enumerate(m.stages):
         if i:
             x = getattr(m, f"pool{i}")(x)
