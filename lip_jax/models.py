@@ -11,7 +11,6 @@ Every model takes `pool=` one of `POOL_CHOICES` (or a `Pooling`): the names
 
 from collections.abc import Callable
 import difflib
-import numbers
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ from lip_jax.linen.densenet import DenseNet
 from lip_jax.linen.downsample import POOL_CHOICES, Pooling, pooling
 from lip_jax.linen.resnet import ResNet
 from lip_jax.linen.small_cnn import SmallCNN
+from lip_jax.windows import positive_int
 
 __all__ = ["POOL_CHOICES", "ModelSpec", "create_model", "list_models", "model_spec"]
 
@@ -114,9 +114,3 @@ def _float_dtype(dtype):
         pass
     raise TypeError(f"dtype must be a floating dtype such as jnp.bfloat16, got {dtype!r}")
 
-
-def positive_int(what: str, value) -> int:
-    """`value` as an int; ValueError naming `what` unless it is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return int(value)

@@ -3,13 +3,14 @@
 `pool_window` validates a pooling's window, strides and padding against an input shape
 and returns them over all dims (`Window`); `window_sum` and its transpose are the
 `lax.reduce_window` sums; sums accumulate in `compute_dtype`. `float_array`,
-`positive_ints` and `flag` check the poolings' arrays, sizes and switches, naming the
-argument at fault.
+`positive_ints`, `positive_int` and `flag` check arrays, sizes and switches (of the
+poolings and the models), naming the argument at fault.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import numbers
 import operator
 from typing import NamedTuple
 
@@ -29,16 +30,24 @@ class Window(NamedTuple):
     pads: tuple[tuple[int, int], ...]
 
 
-def positive_ints(name: str, value, n: int) -> tuple[int, ...]:
-    """`n` positive ints (Python or NumPy); floats and strings are refused by `name`, never
-    truncated."""
+def positive_ints(name: str, value, n: int | None = None) -> tuple[int, ...]:
+    """`n` (None: one or more) positive ints (Python or NumPy); floats and strings are
+    refused by `name`, never truncated."""
     try:
         out = tuple(operator.index(v) for v in value)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of ints, got {value!r}") from None
-    if len(out) != n or any(v < 1 for v in out):
-        raise ValueError(f"{name} must be {n} positive ints, got {value!r}")
+    if len(out) != (n or len(out) or 1) or any(v < 1 for v in out):
+        raise ValueError(f"{name} must be {n or 'one or more'} positive ints, got {value!r}")
     return out
+
+
+def positive_int(name: str, value) -> int:
+    """`value` as an int; a ValueError naming `name` unless it is an integer >= 1 (bools,
+    floats and strings included)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def flag(name: str, value) -> bool:

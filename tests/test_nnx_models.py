@@ -253,6 +253,28 @@ def test_images_of_other_channel_counts_and_errors_of_the_linen_factory():
         N.create_model("cnn", global_pool="max", rngs=nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("name, fields, error, match", [
+    ("cnn", dict(widths=(8, 8, 8, 8)), ValueError, r"widths \(8, 8, 8, 8\) has more stages "
+                                                   r"than convs_per_stage \(1, 2, 2\)"),
+    ("cnn", dict(widths=(8, 0)), ValueError, r"widths must be one or more positive ints"),
+    ("cnn", dict(widths=8), TypeError, "widths must be a sequence of ints, got 8"),
+    ("cnn", dict(convs_per_stage=(1, 0, 1)), ValueError, "convs_per_stage must be one or more"),
+    ("resnet18", dict(stage_sizes=(2, 0, 2, 2)), ValueError, "stage_sizes must be one or more"),
+    ("resnet18", dict(width=0), ValueError, "width must be a positive int, got 0"),
+    ("lip_resnet50", dict(logit_width=8.5), ValueError, "logit_width must be a positive int"),
+    ("densenet121", dict(block_sizes=()), ValueError, r"block_sizes must be one or more .* \(\)"),
+    ("densenet121", dict(growth_rate=0), ValueError, "growth_rate must be a positive int"),
+])
+def test_bad_architecture_fields_are_named_in_both_front_ends(name, fields, error, match):
+    """They used to build a different network (zip truncated widths) or die in an
+    initialiser (ZeroDivisionError)."""
+    with pytest.raises(error, match=match):
+        N.create_model(name, 5, rngs=nnx.Rngs(0), **fields)
+    with pytest.raises(error, match=match):
+        jax.eval_shape(models.create_model(name, 5, **fields).init, jax.random.key(0),
+                       jnp.zeros((1, 32, 32, 1 if name == "cnn" else 3)))
+
+
 @pytest.mark.parametrize("family", ["cnn", "resnet", "densenet"])
 def test_images_that_are_not_a_channels_last_batch_are_named(family):
     """A single image or channels-first images ran, misread (a (7, 10) "batch" of

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from lip_jax.blocks import layers as D
 from lip_jax.defaults import LOGIT_WIDTH
 from lip_jax.linen.downsample import Pooling
+from lip_jax.windows import positive_int, positive_ints
 
 relu = jax.nn.relu
 
@@ -62,6 +63,9 @@ class DenseNetConfig:
 
 def densenet(c: DenseNetConfig, in_features: int) -> D.Block:
     """The declared DenseNet of `c` for images of `in_features` channels."""
+    positive_ints("block_sizes", c.block_sizes)
+    for name in ("growth_rate", "init_features", "bn_size", "logit_width"):
+        positive_int(name, getattr(c, name))
     conv = functools.partial(D.Conv, kernel_init=fan_in_init)
     logit = functools.partial(D.logit, zero_init=False, kernel_init=fan_in_init)
     features = c.init_features

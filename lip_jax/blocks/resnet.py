@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from lip_jax.blocks import layers as D
 from lip_jax.defaults import LOGIT_WIDTH
 from lip_jax.linen.downsample import Pooling, apply_pool
+from lip_jax.windows import positive_int, positive_ints
 
 relu = jax.nn.relu
 K3S2P1 = ((3, 3), (2, 2), ((1, 1), (1, 1)))
@@ -81,6 +82,9 @@ def resnet(c: ResNetConfig, in_features: int) -> D.Block:
     """The declared ResNet of `c` for images of `in_features` channels."""
     if c.block not in ("bottleneck", "basic"):
         raise ValueError(f'block must be "bottleneck" or "basic", got {c.block!r}')
+    positive_ints("stage_sizes", c.stage_sizes)
+    positive_int("width", c.width)
+    positive_int("logit_width", c.logit_width)
     head = functools.partial(D.logit, "LogitHead", remat=c.remat_logits)
     layers = dict(conv1=D.Conv(in_features, c.width, 7, 2, 3), bn1=D.Norm(c.width))
     if c.pool is None:

@@ -11,11 +11,13 @@ import jax.numpy as jnp
 
 from lip_jax.blocks import layers as D
 from lip_jax.linen.downsample import POOLINGS, Pooling
+from lip_jax.windows import positive_ints
 
 
 @dataclasses.dataclass
 class SmallCNNConfig:
-    """Stages of 3x3 conv-BN-ReLU (`convs_per_stage[i]` convs of `widths[i]` channels);
+    """Stages of 3x3 conv-BN-ReLU (`convs_per_stage[i]` convs of `widths[i]` channels; one
+    stage per width, so a shorter `widths` alone makes a shallower network);
     between stages a k3/s2/p1 `pool` (LIP with a projection logit module by default;
     None: average pooling, padding excluded); a global pool ("avg" or "lip") and a
     linear classifier. `(N, 28, 28, C) -> (N, num_classes)`."""
@@ -32,6 +34,10 @@ class SmallCNNConfig:
 
 def small_cnn(c: SmallCNNConfig, in_features: int) -> D.Block:
     """The declared small CNN of `c` for images of `in_features` channels."""
+    if len(positive_ints("widths", c.widths)) > len(positive_ints("convs_per_stage",
+                                                                  c.convs_per_stage)):
+        raise ValueError(f"widths {tuple(c.widths)} has more stages than convs_per_stage "
+                         f"{tuple(c.convs_per_stage)} gives conv counts for")
     window = ((3, 3), (2, 2), ((1, 1), (1, 1)))
     features, stages, layers = in_features, [], {}
     for i, (width, convs) in enumerate(zip(c.widths, c.convs_per_stage)):

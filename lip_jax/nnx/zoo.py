@@ -18,6 +18,7 @@ from lip_jax.blocks.small_cnn import SmallCNNConfig
 from lip_jax.nnx.densenet import DenseNet
 from lip_jax.nnx.resnet import ResNet
 from lip_jax.nnx.small_cnn import SmallCNN
+from lip_jax.windows import positive_int
 
 _FAMILIES = ((ResNetConfig, ResNet), (DenseNetConfig, DenseNet), (SmallCNNConfig, SmallCNN))
 
@@ -39,7 +40,7 @@ def create_model(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs, dtype=jn
     if in_features is None:
         in_features = models.model_spec(name).input_shape[-1]
     module = next(m for kind, m in _FAMILIES if isinstance(config, kind))
-    return module(config, in_features=models.positive_int("in_features", in_features),
+    return module(config, in_features=positive_int("in_features", in_features),
                   rngs=rngs)
 
 
