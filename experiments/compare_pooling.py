@@ -11,9 +11,9 @@ first `WARMUP` of the budget, batch 64). Every run writes
 `WORKDIR/<run>`, `<run>` naming dataset, pooling and seed and ending in a hash of the whole
 recipe (every config field that changes what a run computes): run the command again and
 finished runs are skipped, an interrupted one resumes; another recipe (`--width`,
-`--max-steps`, ...) makes runs of its own. Compiled steps are shared across seeds through JAX's persistent compilation cache
-in `WORKDIR/xla_cache`. Then it times the train step of every configuration in
-interleaved rounds on one batch (`--timing-steps`) and writes
+`--max-steps`, ...) makes runs of its own. Compiled steps are shared across seeds through
+JAX's persistent compilation cache in `WORKDIR/xla_cache`. Then it times the train step of
+every configuration in interleaved rounds on one batch (`--timing-steps`) and writes
 `OUT/compare_pooling.{json,md,png}` (every run; mean and standard deviation over seeds,
 parameters, step time relative to strided; a bar chart with error bars) and
 `OUT/compare_pooling_importance_<dataset>.png` (the importance maps of the seed-0 LIP model,

@@ -113,4 +113,3 @@ def _float_dtype(dtype):
     except TypeError:
         pass
     raise TypeError(f"dtype must be a floating dtype such as jnp.bfloat16, got {dtype!r}")
-

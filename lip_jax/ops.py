@@ -255,7 +255,7 @@ def average_pool(inputs, window_shape, strides=None, padding: Padding = "VALID",
     spatial = spatial_axes(window)
     ct = compute_dtype(x.dtype)
     ones = jnp.ones([n if a in spatial else 1 for a, n in enumerate(x.shape)], ct)
-    if flag("count_include_pad", count_include_pad):  # count the padding, not what ceil_mode adds beyond it
+    if flag("count_include_pad", count_include_pad):  # the padding, not what ceil_mode adds
         base = pool_window(x.shape, window_shape, strides, padding)
         ones = jnp.pad(ones, base.pads, constant_values=1)
         window = window._replace(pads=tuple((0, hi - b_hi) for (_, hi), (_, b_hi)

@@ -193,7 +193,8 @@ def roi_lip_pool(features, logits, boxes, output_size: int | Sequence[int],
     l = _logits_like(f, logits)
     valid = _valid_boxes(boxes, f.shape[0])
     b = jnp.where(valid[:, None], boxes, jnp.array([0, 0, 0, 1, 1])).astype(f.dtype)
-    offset = 0.5 if flag("aligned", aligned) else 0.0
+    aligned = flag("aligned", aligned)
+    offset = 0.5 if aligned else 0.0
     scale = float_array("spatial_scale", spatial_scale, ints_as=f.dtype)
     x1, y1, x2, y2 = (b[:, i] * scale - offset for i in range(1, 5))
     width, height = x2 - x1, y2 - y1

@@ -59,4 +59,5 @@ def input_pipeline(config) -> InputPipeline:
 
 
 __all__ = ["DATASETS", "DATASET_FIELDS", "DETECTION_DATASETS", "DatasetInfo", "GrainInput",
-           "InputPipeline", "image_shape", "info", "input_pipeline", "pipeline", "prefetch_to_device"]
+           "InputPipeline", "image_shape", "info", "input_pipeline", "pipeline",
+           "prefetch_to_device"]
