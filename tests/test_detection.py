@@ -212,6 +212,32 @@ def test_a_few_training_steps_reduce_the_loss_and_detections_are_boxes_best_firs
         assert set(labels[valid]) <= set(range(1, len(detection_shapes.CLASSES) + 1))
 
 
+@pytest.mark.parametrize("fields, inputs, match", [
+    (dict(num_classes=0), {}, "num_classes must be a positive int, got 0"),
+    (dict(anchor_sizes=((16,), (32, 64), (64,), (128,))), {}, "with as many sizes on every"),
+    (dict(anchor_sizes=((16,), (32,), (64,))), {}, "anchor_sizes has 3 levels for the "
+                                                    r"pyramid's 4 \(P2, P3, P4, P5\)"),
+    (dict(aspect_ratios=()), {}, "must be positive, with as many sizes"),
+    (dict(proposals=(0, 0)), {}, r"proposals must be 2 positive ints, got \(0, 0\)"),
+    (dict(nms_iou=1.5), {}, r"nms_iou must be in \[0, 1\], got 1.5"),
+    (dict(backbone=False), {}, r"the backbone must return its stage outputs"),
+    ({}, dict(boxes=jnp.zeros((1, 4))), r"gt_boxes of shape \(1, 4\) and gt_labels of shape "
+                                        r"\(1, 1\): expected \(N, M, 4\) and \(N, M\), N = 1"),
+])
+def test_bad_detector_fields_and_ground_truth_are_named(fields, inputs, match):
+    """They failed deep inside (ZeroDivisionError, broadcasting, indexing errors)."""
+    features_only = fields.pop("backbone", True)
+    backbone = create_model("resnet18", features_only=features_only, width=8,
+                            stage_sizes=(1, 1, 1, 1))
+    model = FasterRCNN(backbone, **{"num_classes": 6, **fields})
+    args = dict(images=jnp.zeros((1, 64, 64, 1)), boxes=jnp.zeros((1, 1, 4)),
+                labels=jnp.ones((1, 1), jnp.int32)) | inputs
+    with pytest.raises(ValueError, match=match):
+        jax.eval_shape(functools.partial(model.init, method=FasterRCNN.losses),
+                       {"params": jax.random.key(0), "sample": jax.random.key(1)},
+                       *args.values())
+
+
 def test_unknown_roi_pool_is_named():
     backbone = create_model("resnet18", features_only=True, width=8, stage_sizes=(1, 1, 1, 1))
     with pytest.raises(ValueError, match="unknown roi_pool 'max'"):

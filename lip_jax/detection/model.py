@@ -28,6 +28,7 @@ from lip_jax.detection import roi_head, rpn
 from lip_jax.detection.anchors import pyramid_anchors
 from lip_jax.detection.fpn import FPN
 from lip_jax.linen.logits import ProjectionLogit
+from lip_jax.windows import positive_int, positive_ints
 
 ROI_POOLS = ("align", "lip")
 
@@ -69,16 +70,40 @@ class FasterRCNN(nn.Module):
         if self.roi_pool not in ROI_POOLS:
             raise ValueError(f"unknown roi_pool {self.roi_pool!r}; choose one of "
                              f"{', '.join(ROI_POOLS)}")
+        self._check_fields()
         self.fpn = FPN(self.features)
         self.rpn_head = rpn.RPNHead(len(self.anchor_sizes[0]) * len(self.aspect_ratios))
         self.box_head = roi_head.BoxHead(self.num_classes, self.head_width)
         self.roi_logit = ProjectionLogit() if self.roi_pool == "lip" else None
 
+    def _check_fields(self):
+        """A ValueError naming the first field that cannot make a detector."""
+        for name in ("num_classes", "features", "pre_nms", "rpn_samples", "roi_samples",
+                     "pooled_size", "sampling_ratio", "head_width", "max_detections"):
+            positive_int(name, getattr(self, name))
+        positive_ints("proposals", self.proposals, 2)
+        sizes, ratios = [tuple(level) for level in self.anchor_sizes], tuple(self.aspect_ratios)
+        if (len({len(s) for s in sizes}) != 1 or not sizes[0] or not ratios
+                or min((*sum(sizes, ()), *ratios)) <= 0):
+            raise ValueError(f"anchor_sizes {self.anchor_sizes} and aspect_ratios "
+                             f"{self.aspect_ratios} must be positive, with as many sizes on "
+                             "every level")
+        for name in ("rpn_nms_iou", "nms_iou", "score_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+
     def _first_stage(self, images, train: bool):
         """Pyramid, anchors `(A, 4)`, RPN logits `(N, A)` and deltas `(N, A, 4)`, proposals
         `(N, P, 4)` and their validity `(N, P)`."""
-        pyramid = self.fpn(self.backbone(images, train=train))
+        stages = self.backbone(images, train=train)
+        if not isinstance(stages, dict):
+            raise ValueError("the backbone must return its stage outputs (a dict C2..C5): "
+                             "build it with create_model(..., features_only=True)")
+        pyramid = self.fpn(stages)
         names = sorted(pyramid)  # P2 .. P5: level l has stride 2**l
+        if len(names) != len(self.anchor_sizes):
+            raise ValueError(f"anchor_sizes has {len(self.anchor_sizes)} levels for the "
+                             f"pyramid's {len(names)} ({', '.join(names)})")
         logits, deltas = self.rpn_head([pyramid[k] for k in names])
         anchors = jnp.asarray(pyramid_anchors(
             [pyramid[k].shape[1:3] for k in names], [2 ** int(k[1:]) for k in names],
@@ -107,12 +132,15 @@ class FasterRCNN(nn.Module):
     def losses(self, images, gt_boxes, gt_labels, train: bool = True) -> dict:
         """The four Faster R-CNN losses, averaged over the batch: `rpn_objectness`,
         `rpn_box` (per sampled anchor), `roi_class`, `roi_box` (per sampled RoI)."""
+        pyramid, anchors, logits, deltas, proposals, valid = self._first_stage(images, train)
+        n, boxes_shape = images.shape[0], jnp.shape(gt_boxes)
+        if boxes_shape[:1] + boxes_shape[2:] != (n, 4) or jnp.shape(gt_labels) != boxes_shape[:2]:
+            raise ValueError(f"gt_boxes of shape {boxes_shape} and gt_labels of shape "
+                             f"{jnp.shape(gt_labels)}: expected (N, M, 4) and (N, M), N = {n}")
         if self.roi_samples > self.proposals[0] + gt_boxes.shape[1]:
             raise ValueError(f"roi_samples {self.roi_samples} exceeds the candidates: "
                              f"{self.proposals[0]} proposals + {gt_boxes.shape[1]} objects")
-        pyramid, anchors, logits, deltas, proposals, valid = self._first_stage(images, train)
         gt_valid = gt_labels > 0
-        n = images.shape[0]
         rpn_keys, roi_keys = jnp.split(jax.random.split(self.make_rng("sample"), 2 * n), 2)
         objectness, rpn_box = jax.vmap(lambda k, l, d, b, v: rpn.rpn_losses(
             k, anchors, l, d, b, v, num_samples=self.rpn_samples, positive_fraction=0.5,
