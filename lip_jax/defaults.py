@@ -2,6 +2,8 @@
 
 import jax
 
+from lip_jax.windows import positive_int
+
 GATE_COEFF = 12.0
 """SoftGate amplitude: logits lie in (0, 12)."""
 
@@ -20,3 +22,16 @@ conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 zeros_init = jax.nn.initializers.zeros
 """Final logit convs start at zero: constant logits, so LIP starts as average pooling."""
 
+
+def logit_conv_padding(kernel_size, spatial_ndim: int) -> list[tuple[int, int]]:
+    """The padding that keeps a logit module's spatial size: `kernel_size // 2` on every
+    side; a ValueError unless `kernel_size` is a positive odd int."""
+    k = positive_int("kernel_size", kernel_size)
+    if k % 2 == 0:
+        raise ValueError(f"kernel_size must be odd (logits keep the input's size), got {k}")
+    return [(k // 2, k // 2)] * spatial_ndim
+
+
+def logit_features(features, in_features: int) -> int:
+    """A logit module's output channels: `features`, or the input's where None."""
+    return in_features if features is None else positive_int("features", features)

@@ -3,8 +3,8 @@
 `pool_window` validates a pooling's window, strides and padding against an input shape
 and returns them over all dims (`Window`); `window_sum` and its transpose are the
 `lax.reduce_window` sums; sums accumulate in `compute_dtype`. `float_array`,
-`positive_ints`, `positive_int` and `flag` check arrays, sizes and switches (of the
-poolings and the models), naming the argument at fault.
+`positive_ints`, `positive_int`, `flag` and `logit_module` check arrays, sizes, switches
+and logit modules (of the poolings, layers and models), naming the argument at fault.
 """
 
 from __future__ import annotations
@@ -56,6 +56,15 @@ def flag(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return bool(value)
+
+
+def logit_module(logit):
+    """`logit`, a LIP layer's logit module or function (x -> logits); a TypeError otherwise
+    (None gave "'NoneType' object is not callable")."""
+    if not callable(logit):
+        raise TypeError(f"logit must be a logit module or function (x -> logits), got "
+                        f"{logit!r}")
+    return logit
 
 
 def _spatial_pads(spatial_shape, window_shape, strides, padding) -> tuple[tuple[int, int], ...]:

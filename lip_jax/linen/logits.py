@@ -13,17 +13,18 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lip_jax.defaults import (GATE_COEFF, LOGIT_BOUNDS, LOGIT_WIDTH, NORM_EPS, conv_init,
-                              zeros_init)
+                              logit_conv_padding, logit_features, zeros_init)
 from lip_jax.ops import soft_gate
+from lip_jax.windows import positive_int
 
 InstanceNorm = functools.partial(nn.InstanceNorm, epsilon=NORM_EPS, use_fast_variance=False)
 """The official InstanceNorm: affine, eps 1e-5, biased variance, no running statistics."""
 
 
 def _conv(features, kernel_size, ndim, kernel_init, dtype, param_dtype, name):
-    k = kernel_size
-    return nn.Conv(features, (k,) * ndim, padding=[(k // 2, k // 2)] * ndim, use_bias=False,
-                   kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, name=name)
+    return nn.Conv(features, (kernel_size,) * ndim, padding=logit_conv_padding(kernel_size, ndim),
+                   use_bias=False, kernel_init=kernel_init, dtype=dtype,
+                   param_dtype=param_dtype, name=name)
 
 
 class LogitHead(nn.Module):
@@ -45,8 +46,8 @@ class LogitHead(nn.Module):
     @nn.compact
     def __call__(self, x):
         init = zeros_init if self.zero_init else self.kernel_init
-        x = _conv(self.features or x.shape[-1], self.kernel_size, x.ndim - 2, init, self.dtype,
-                  self.param_dtype, "conv")(x)
+        x = _conv(logit_features(self.features, x.shape[-1]), self.kernel_size, x.ndim - 2,
+                  init, self.dtype, self.param_dtype, "conv")(x)
         x = InstanceNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
         return soft_gate(x, GATE_COEFF)
 
@@ -71,8 +72,9 @@ class BottleneckTrunk(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        width = positive_int("width", self.width)
         for i, k in ((1, 1), (2, 3)):
-            x = _conv(self.width, k, x.ndim - 2, self.kernel_init, self.dtype, self.param_dtype,
+            x = _conv(width, k, x.ndim - 2, self.kernel_init, self.dtype, self.param_dtype,
                       f"conv{i}")(x)
             x = InstanceNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"norm{i}")(x)
             x = nn.relu(x)
@@ -93,7 +95,7 @@ class BottleneckLogit(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        features = self.features or x.shape[-1]
+        features = logit_features(self.features, x.shape[-1])
         h = BottleneckTrunk(self.width, self.kernel_init, self.dtype, self.param_dtype,
                             name="trunk")(x)
         return LogitHead(features, 1, self.zero_init, self.kernel_init, self.dtype,

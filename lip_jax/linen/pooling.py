@@ -7,6 +7,7 @@ import jax
 
 from lip_jax.dpp import dpp_pool
 from lip_jax.ops import Padding, lip_pool, window_share
+from lip_jax.windows import logit_module
 
 IMPORTANCE = "importance"
 """Collection where LIP layers sow `logits` and `window_share` when it is mutable."""
@@ -38,7 +39,7 @@ class LIP(nn.Module):
     implementation: str | None = None
 
     def __call__(self, x, logit_input=None):
-        logits = self.logit(x if logit_input is None else logit_input)
+        logits = logit_module(self.logit)(x if logit_input is None else logit_input)
         if self.is_mutable_collection(IMPORTANCE) and not self.is_initializing():
             logits = jax.numpy.broadcast_to(logits, x.shape[:-1] + logits.shape[-1:])
             self.sow(IMPORTANCE, "logits", logits)

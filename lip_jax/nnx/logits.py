@@ -11,15 +11,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lip_jax.defaults import (GATE_COEFF, LOGIT_BOUNDS, LOGIT_WIDTH, NORM_EPS, conv_init,
-                              zeros_init)
+                              logit_conv_padding, logit_features, zeros_init)
 from lip_jax.ops import soft_gate
+from lip_jax.windows import positive_int
 
 
 def _conv(in_features, features, kernel_size, ndim, kernel_init, dtype, param_dtype, rngs):
-    k = kernel_size
-    return nnx.Conv(in_features, features, (k,) * ndim, padding=[(k // 2, k // 2)] * ndim,
-                    use_bias=False, kernel_init=kernel_init, dtype=dtype,
-                    param_dtype=param_dtype, rngs=rngs)
+    return nnx.Conv(in_features, features, (kernel_size,) * ndim,
+                    padding=logit_conv_padding(kernel_size, ndim), use_bias=False,
+                    kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def InstanceNorm(num_features, *, dtype=None, param_dtype=jnp.float32, rngs):
@@ -36,7 +36,7 @@ class LogitHead(nnx.Module):
     def __init__(self, in_features: int, features: int | None = None, *, kernel_size: int = 1,
                  zero_init: bool = True, kernel_init=conv_init, spatial_ndim: int = 2,
                  dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        features = features or in_features
+        features = logit_features(features, positive_int("in_features", in_features))
         self.conv = _conv(in_features, features, kernel_size, spatial_ndim,
                           zeros_init if zero_init else kernel_init, dtype, param_dtype, rngs)
         self.norm = InstanceNorm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -60,6 +60,8 @@ class BottleneckTrunk(nnx.Module):
         args = dict(ndim=spatial_ndim, kernel_init=kernel_init, dtype=dtype,
                     param_dtype=param_dtype, rngs=rngs)
         norm = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        positive_int("in_features", in_features)
+        width = positive_int("width", width)
         self.conv1 = _conv(in_features, width, 1, **args)
         self.norm1 = InstanceNorm(width, **norm)
         self.conv2 = _conv(width, width, 3, **args)
@@ -81,7 +83,8 @@ class BottleneckLogit(nnx.Module):
         kw = dict(kernel_init=kernel_init, spatial_ndim=spatial_ndim, dtype=dtype,
                   param_dtype=param_dtype, rngs=rngs)
         self.trunk = BottleneckTrunk(in_features, width, **kw)
-        self.head = LogitHead(width, features or in_features, zero_init=zero_init, **kw)
+        self.head = LogitHead(width, logit_features(features, in_features), zero_init=zero_init,
+                              **kw)
 
     def __call__(self, x):
         return self.head(self.trunk(x))

@@ -7,6 +7,7 @@ from flax import nnx
 
 from lip_jax.dpp import dpp_pool
 from lip_jax.ops import Padding, lip_pool
+from lip_jax.windows import logit_module
 
 
 def _frozen(value):
@@ -25,7 +26,7 @@ class LIP(nnx.Module):
     def __init__(self, logit: Callable, window_shape: Sequence[int] = (3, 3),
                  strides: Sequence[int] | None = (2, 2),
                  padding: Padding = ((1, 1), (1, 1)), implementation: str | None = None):
-        self.logit = logit
+        self.logit = logit_module(logit)
         self.window_shape, self.strides, self.padding = _geometry(window_shape, strides,
                                                                   padding)
         self.implementation = implementation
