@@ -1,4 +1,5 @@
-"""Constants and initialisers of the official release, shared by Linen and NNX layers."""
+"""Constants and initialisers of the official release, and the logit modules' size rules,
+shared by Linen and NNX layers."""
 
 import jax
 
