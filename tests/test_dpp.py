@@ -94,6 +94,8 @@ def test_bad_parameters_and_geometry_are_named():
         dpp_pool(x, 1.0, jnp.ones((2, 4)), (2, 2))
     with pytest.raises(TypeError, match="window_shape must be a sequence of ints, got 3"):
         N.DPP(4, window_shape=3)(x)
+    with pytest.raises(ValueError, match="num_features must be a positive int, got -1"):
+        N.DPP(-1)
     with pytest.raises(TypeError, match="eps must be an array, got str"):
         dpp_pool(x, 1.0, 1.0, (2, 2), eps="tiny")
     with pytest.raises(TypeError, match="asymmetric must be a bool, got 'yes'"):

@@ -7,7 +7,7 @@ from flax import nnx
 
 from lip_jax.dpp import dpp_pool
 from lip_jax.ops import Padding, lip_pool
-from lip_jax.windows import logit_module
+from lip_jax.windows import logit_module, positive_int
 
 
 def _frozen(value):
@@ -48,6 +48,7 @@ class DPP(nnx.Module):
         self.window_shape, self.strides, self.padding = _geometry(window_shape, strides,
                                                                   padding)
         self.asymmetric = asymmetric
+        num_features = positive_int("num_features", num_features)
         self.log_alpha = nnx.Param(jnp.zeros((num_features,), param_dtype))
         self.log_lambda = nnx.Param(jnp.zeros((num_features,), param_dtype))
 
