@@ -226,6 +226,7 @@ def test_a_few_training_steps_reduce_the_loss_and_detections_are_boxes_best_firs
 ])
 def test_bad_detector_fields_and_ground_truth_are_named(fields, inputs, match):
     """They failed deep inside (ZeroDivisionError, broadcasting, indexing errors)."""
+    fields = dict(fields)
     features_only = fields.pop("backbone", True)
     backbone = create_model("resnet18", features_only=features_only, width=8,
                             stage_sizes=(1, 1, 1, 1))
