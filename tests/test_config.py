@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lip_jax.data import fashion_mnist
+from lip_jax.train.optim import make_schedule
 from lip_jax.train.config import (FIELDS, KINDS, default_config, describe_config,
                                   load_config, read_config, record)
 from train_helpers import make_fashion_mnist, write_idx
@@ -217,3 +218,17 @@ def test_fashion_mnist_images_and_labels_that_disagree_in_count_name_both_files(
     with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz holds 8 images but "
                                          r".*t10k-labels-idx1-ubyte.gz holds 7 labels"):
         fashion_mnist.load("test", str(tmp_path))
+
+
+def test_step_schedule_decays_once_per_listed_epoch_like_multisteplr():
+    """An epoch listed twice, or two epochs on one step, decay twice (PyTorch's MultiStepLR
+    counts milestones); a dict of step boundaries used to keep one of them."""
+    config = load_config(None, ["--config.schedule=step", "--config.decay_epochs=(2, 1, 2)",
+                                "--config.decay_factor=0.1", "--config.learning_rate=0.1",
+                                "--config.batch_size=256", "--config.lr_reference_batch=256"])
+    schedule = make_schedule(config, steps_per_epoch=10, total_steps=100)
+    np.testing.assert_allclose([schedule(s) for s in (0, 9, 10, 19, 20, 99)],
+                               [0.1, 0.1, 0.01, 0.01, 1e-4, 1e-4], rtol=1e-6)
+    config.decay_epochs = (1.0, 1.01)  # both on step 10
+    schedule = make_schedule(config, steps_per_epoch=10, total_steps=100)
+    np.testing.assert_allclose([schedule(9), schedule(10)], [0.1, 1e-3], rtol=1e-6)

@@ -1,17 +1,21 @@
 """Learning-rate schedules and the optimizer (optax)."""
 
+import collections
+
 import optax
 
 
 def make_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """Peak `learning_rate * batch_size / lr_reference_batch`, optional linear warmup, then
-    "step" (x`decay_factor` at each of `decay_epochs`) or "cosine" decay to 0."""
+    "step" (x`decay_factor` at each of `decay_epochs`, as PyTorch's MultiStepLR: an epoch
+    given twice, or two that fall on one step, decay twice) or "cosine" decay to 0."""
     peak = config.learning_rate * config.batch_size / config.lr_reference_batch
     warmup = int(config.warmup_epochs * steps_per_epoch)
     if config.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, 1))
-    boundaries = {int(e * steps_per_epoch): config.decay_factor for e in config.decay_epochs}
-    decay = optax.piecewise_constant_schedule(peak, boundaries)
+    steps = collections.Counter(int(e * steps_per_epoch) for e in config.decay_epochs)
+    decay = optax.piecewise_constant_schedule(
+        peak, {step: config.decay_factor ** count for step, count in steps.items()})
     if not warmup:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
