@@ -37,7 +37,7 @@ def positive_ints(name: str, value, n: int | None = None) -> tuple[int, ...]:
         out = tuple(operator.index(v) for v in value)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of ints, got {value!r}") from None
-    if len(out) != (n or len(out) or 1) or any(v < 1 for v in out):
+    if (len(out) != n if n else not out) or any(v < 1 for v in out):
         raise ValueError(f"{name} must be {n or 'one or more'} positive ints, got {value!r}")
     return out
 
