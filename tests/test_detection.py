@@ -11,9 +11,10 @@ import pytest
 
 from lip_jax.data import detection_shapes
 from lip_jax.detection import coco, train
-from lip_jax.detection.anchors import pyramid_anchors
-from lip_jax.detection.boxes import decode, encode, pairwise_iou
-from lip_jax.detection.model import FasterRCNN
+from lip_jax.detection.anchors import level_anchors, pyramid_anchors
+from lip_jax.detection.boxes import area, decode, encode, pairwise_iou
+from lip_jax.detection.fpn import FPN
+from lip_jax.detection.model import FasterRCNN, check_objects
 from lip_jax.detection.nms import batched_nms, nms
 from lip_jax.detection.roi_head import BOX_WEIGHTS, pool_rois
 from lip_jax.detection.sampling import balanced_sample, match, sample_indices
@@ -217,7 +218,8 @@ def test_a_few_training_steps_reduce_the_loss_and_detections_are_boxes_best_firs
     (dict(anchor_sizes=((16,), (32, 64), (64,), (128,))), {}, "with as many sizes on every"),
     (dict(anchor_sizes=((16,), (32,), (64,))), {}, "anchor_sizes has 3 levels for the "
                                                     r"pyramid's 4 \(P2, P3, P4, P5\)"),
-    (dict(aspect_ratios=()), {}, "must be positive, with as many sizes"),
+    (dict(aspect_ratios=()), {}, r"aspect_ratios must be one or more finite positive numbers, "
+                                 r"got \(\)"),
     (dict(proposals=(0, 0)), {}, r"proposals must be 2 positive ints, got \(0, 0\)"),
     (dict(nms_iou=1.5), {}, r"nms_iou must be in \[0, 1\], got 1.5"),
     (dict(backbone=False), {}, r"the backbone must return its stage outputs"),
@@ -246,3 +248,267 @@ def test_unknown_roi_pool_is_named():
             {"params": jax.random.key(0), "sample": jax.random.key(1)},
             jnp.zeros((1, 64, 64, 1)), jnp.zeros((1, 1, 4)), jnp.ones((1, 1), jnp.int32),
             method=FasterRCNN.losses)
+
+
+def tiny_detector():
+    backbone = create_model("resnet18", features_only=True, width=8, stage_sizes=(1, 1, 1, 1))
+    return FasterRCNN(backbone, 6)
+
+
+def test_float_gt_labels_are_named():
+    """optax failed with "Expected ... subdtype of integer", naming no argument."""
+    model = tiny_detector()
+    with pytest.raises(TypeError, match=r"gt_labels of dtype float32: expected integer class "
+                                        r"ids 1..6 \(0 on padding rows\)"):
+        jax.eval_shape(functools.partial(model.init, method=FasterRCNN.losses),
+                       {"params": jax.random.key(0), "sample": jax.random.key(1)},
+                       jnp.zeros((1, 64, 64, 1)), jnp.zeros((1, 1, 4)), jnp.ones((1, 1)))
+
+
+@pytest.mark.parametrize("box, label, match", [
+    ([8, 8, 30, 30], 7, r"gt object 1 of image 0 has label 7: expected 1..6"),  # NaN losses
+    ([8, 8, 30, 30], -1, r"gt object 1 of image 0 has label -1: expected 1..6"),  # padding
+    ([8, 8, 8, 30], 2, r"gt object 1 of image 0 has box \[8.0, 8.0, 8.0, 30.0\]: expected "
+                       r"finite \(x1, y1, x2, y2\) with x2 > x1"),  # ignored
+    ([30, 30, 8, 8], 2, r"has box \[30.0, 30.0, 8.0, 8.0\]"),
+    ([np.nan, 8, 30, 30], 2, r"has box \[nan, 8.0, 30.0, 30.0\]"),
+])
+def test_concrete_ground_truth_is_checked(box, label, match):
+    """Out-of-range labels and degenerate boxes of objects were used or dropped silently."""
+    boxes = np.array([[[0, 0, 10, 10], box, [0, 0, 0, 0]]], np.float32)
+    labels = np.array([[1, label, 0]])  # a padding row's box is not checked
+    with pytest.raises(ValueError, match=match):
+        check_objects(boxes, labels, 6)
+    check_objects(jnp.asarray(boxes[:, :1]), jnp.asarray(labels[:, :1]), 6)
+    with pytest.raises(ValueError, match=match):  # the model checks before running
+        tiny_detector().init({"params": jax.random.key(0), "sample": jax.random.key(1)},
+                             jnp.zeros((1, 64, 64, 1)), boxes, labels,
+                             method=FasterRCNN.losses)
+
+
+COCO_GT = {"images": [{"id": 1, "width": 64, "height": 64}, {"id": 2, "width": 64, "height": 64}],
+           "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20],
+                            "area": 400, "iscrowd": 0},
+                           {"id": 2, "image_id": 2, "category_id": 2, "bbox": [5, 5, 30, 30],
+                            "area": 900, "iscrowd": 0}]}
+PERFECT = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},
+           {"image_id": 2, "category_id": 2, "bbox": [5, 5, 30, 30], "score": 0.9}]
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(bbox=[NAN] * 4), r"results\[0\] has bbox \[nan, nan, nan, nan\] and score 0.9: "
+                           r"expected 4 finite numbers"),  # AP 1.0
+    (dict(bbox=[NAN, 10, 20, 20]), r"results\[0\] has bbox \[nan, 10, 20, 20\]"),  # AP 1.0
+    (dict(score=NAN), r"results\[0\] has bbox \[10, 10, 20, 20\] and score nan"),
+    (dict(bbox=[10, 10, 20]), r"results\[0\] has bbox \[10, 10, 20\]"),
+    (dict(category_id=7), r"results have category_id \[7\], not categories of ground_truth "
+                          r"\[1, 2\]"),  # dropped: AP 1.0
+    (dict(image_id=99), r"results\[0\] has image_id 99, not an image of ground_truth"),
+    (dict(image_id="1"), r"results\[0\] has image_id '1', not an image of ground_truth"),
+])
+def test_coco_evaluate_refuses_bad_results(change, match):
+    pytest.importorskip("pycocotools")
+    with pytest.raises(ValueError, match=match):
+        coco.evaluate(COCO_GT, [dict(PERFECT[0], **change), PERFECT[1]])
+
+
+def test_coco_evaluate_names_unknown_categories_of_off_by_one_labels():
+    """0-based labels gave AP 0.0 silently."""
+    pytest.importorskip("pycocotools")
+    shifted = [dict(r, category_id=r["category_id"] - 1) for r in PERFECT]
+    with pytest.raises(ValueError, match=r"category_id \[0\], not categories"):
+        coco.evaluate(COCO_GT, shifted)
+
+
+def without(entries, key):
+    return [{k: v for k, v in entry.items() if k != key} for entry in entries]
+
+
+@pytest.mark.parametrize("gt, results, error, match", [
+    (COCO_GT, np.array([[1, 10, 10, 20, 20, .9, 1]]), TypeError,
+     "results must be a list of dicts, got ndarray"),
+    (COCO_GT, without(PERFECT, "score"), ValueError,
+     r"results\[0\] = .*: expected a dict with keys image_id, category_id, bbox, score"),
+    (None, PERFECT, TypeError, "ground_truth must be a COCO dataset dict, got NoneType"),
+    ({k: v for k, v in COCO_GT.items() if k != "categories"}, PERFECT, ValueError,
+     "ground_truth has no 'categories'"),
+    ({k: v for k, v in COCO_GT.items() if k != "images"}, PERFECT, ValueError,
+     "ground_truth has no 'images'"),
+    (dict(COCO_GT, annotations=without(COCO_GT["annotations"], "area")), PERFECT, ValueError,
+     r"ground_truth\['annotations'\]\[0\] = .*: expected a dict with keys id, image_id, "
+     "category_id, bbox, area, iscrowd"),
+    (dict(COCO_GT, annotations=without(COCO_GT["annotations"], "iscrowd")), PERFECT,
+     ValueError, r"ground_truth\['annotations'\]\[0\]"),
+    (dict(COCO_GT, annotations=without(COCO_GT["annotations"], "id")), PERFECT, ValueError,
+     r"ground_truth\['annotations'\]\[0\]"),
+])
+def test_coco_evaluate_names_bad_inputs(gt, results, error, match):
+    """They failed inside pycocotools (KeyError, AssertionError) or on `if results`."""
+    pytest.importorskip("pycocotools")
+    with pytest.raises(error, match=match):
+        coco.evaluate(gt, results)
+
+
+def test_coco_evaluate_takes_a_tuple_of_results():
+    pytest.importorskip("pycocotools")
+    assert coco.evaluate(COCO_GT, tuple(PERFECT)) == coco.evaluate(COCO_GT, PERFECT)
+
+
+DETECTIONS = (np.array([[[0, 0, 10, 10], [5, 5, 8, 8]]], np.float32), np.array([[.9, .8]]),
+              np.array([[1, 2]]))
+
+
+@pytest.mark.parametrize("image_ids, boxes, scores, labels, valid, error, match", [
+    ([1], *DETECTIONS, np.array([[1, 0]], np.int32), TypeError,
+     r"valid of dtype int32: expected a bool mask \(N, D\)"),  # used as indices
+    ([1], *DETECTIONS, np.array([[1.0, 0.0]]), TypeError, "valid of dtype float64"),
+    ([], *DETECTIONS, np.array([[True, True]]), ValueError,
+     r"image_ids \(0,\), boxes \(1, 2, 4\), scores \(1, 2\), labels \(1, 2\), valid \(1, 2\): "
+     r"expected \(N,\), \(N, D, 4\)"),  # returned []
+    ([1, 2, 3], *DETECTIONS, np.array([[True, True]]), ValueError, r"image_ids \(3,\)"),
+    ([1.7], *DETECTIONS, np.array([[True, True]]), TypeError,
+     "image_ids of dtype float64: expected integer ids"),  # became 1
+    ([1], DETECTIONS[0], DETECTIONS[1], np.array([[1.5, 2]]), np.array([[True, True]]),
+     TypeError, "labels of dtype float64"),
+    ([4], np.array([[[NAN, 0, 10, 10], [5, 5, 8, 8]]]), *DETECTIONS[1:],
+     np.array([[True, True]]), ValueError, r"detection 0 of image 0 \(image_id 4\): box "
+                                           r"\[nan, 0.0, 10.0, 10.0\] and score 0.9: expected "
+                                           "finite values"),
+    ([4], DETECTIONS[0], np.array([[.9, NAN]]), DETECTIONS[2], np.array([[True, True]]),
+     ValueError, r"detection 1 of image 0 \(image_id 4\)"),  # was left out silently
+])
+def test_coco_to_results_checks_its_arguments(image_ids, boxes, scores, labels, valid, error,
+                                              match):
+    with pytest.raises(error, match=match):
+        coco.to_results(image_ids, boxes, scores, labels, valid)
+
+
+def test_coco_to_results_skips_invalid_non_finite_detections():
+    boxes = np.array([[[0, 0, 10, 10], [NAN, 0, 0, 0]]], np.float32)
+    results = coco.to_results([3], boxes, np.array([[.9, NAN]]), DETECTIONS[2],
+                              np.array([[True, False]]))
+    assert results == [{"image_id": 3, "category_id": 1, "bbox": [0.0, 0.0, 10.0, 10.0],
+                        "score": 0.9}]
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: pyramid_anchors([(2, 2), (1, 1), (1, 1)], [4, 8], [(8,), (16,), (32,)], (1.0,)),
+     ValueError, r"map_sizes, strides and sizes have \(3, 2, 3\) levels: expected as many"),
+    (lambda: pyramid_anchors([(2, 2), (1, 1)], [4, 8], [(8,)], (1.0,)), ValueError,
+     r"have \(2, 2, 1\) levels"),
+    (lambda: pyramid_anchors([], [], [], (1.0,)), ValueError, r"have \(0, 0, 0\) levels"),
+    (lambda: pyramid_anchors([(2, 2), (1, 1)], [4, 8], (8, 16), (1.0,)), TypeError,
+     r"sizes\[0\] must be a sequence of numbers, got 8"),
+    (lambda: pyramid_anchors([(2, 2)], [0], [(8,)], (1.0,)), ValueError,
+     r"strides\[0\] must be a positive int, got 0"),
+    (lambda: level_anchors(2, 2, 4, (), (1.0,)), ValueError,
+     r"sizes must be one or more finite positive numbers, got \(\)"),
+    (lambda: level_anchors(1, 1, 4, (8,), (0.0,)), ValueError,
+     r"aspect_ratios must be one or more finite positive numbers, got \(0.0,\)"),  # inf
+    (lambda: level_anchors(1, 1, 4, (8,), (-1.0,)), ValueError, r"got \(-1.0,\)"),  # NaN
+])
+def test_bad_anchor_arguments_are_named(call, error, match):
+    """Lengths were truncated to the shortest; bad ratios gave inf/NaN anchors."""
+    with pytest.raises(error, match=match):
+        call()
+
+
+def fpn_shapes(stages, features=8):
+    stages = {k: jnp.ones(v) for k, v in stages.items()} if isinstance(stages, dict) else stages
+    model = FPN(features)
+    out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), stages), stages))
+    return {k: v.shape for k, v in out.items()}
+
+
+def test_fpn_orders_levels_by_number():
+    """C10 sorted before C9 as a string: C9 was taken for the coarser map and its upsampling,
+    cropped, added to C10's."""
+    stages = {"C10": jnp.ones((1, 2, 2, 4)), "C9": jnp.ones((1, 4, 4, 4))}
+    model = FPN(8)
+    variables = model.init(jax.random.key(0), stages)
+    top_down = {k: jax.grad(lambda c, k=k: model.apply(variables, c)[k].sum())(stages)
+                for k in ("P9", "P10")}
+    assert not top_down["P10"]["C9"].any() and top_down["P9"]["C10"].any()
+    assert fpn_shapes({"C2": (1, 15, 15, 4), "C3": (1, 8, 8, 4)})["P2"] == (1, 15, 15, 8)
+
+
+@pytest.mark.parametrize("stages, features, error, match", [
+    ({"C2": (1, 2, 2, 4), "C3": (1, 4, 4, 4)}, 8, ValueError,  # coarse-to-fine: cropped
+     r"C3 of shape \(1, 4, 4, 4\): expected \(N, H, W, C\) = \(1, 1, 1, C\), the batch of C2 "
+     r"\(1, 2, 2, 4\) and half its spatial size"),
+    ({"C2": (2, 8, 8, 4), "C3": (1, 4, 4, 4)}, 8, ValueError,  # broadcast
+     r"C3 of shape \(1, 4, 4, 4\): expected \(N, H, W, C\) = \(2, 4, 4, C\)"),
+    ({"C2": (1, 16, 16, 4), "C3": (1, 4, 4, 4)}, 8, ValueError, r"C3 of shape \(1, 4, 4, 4\)"),
+    ({"C2": (1, 16, 16, 4), "C4": (1, 8, 8, 4)}, 8, ValueError,
+     "stages C2 and C4: expected consecutive levels"),
+    ({"res2": (1, 8, 8, 4)}, 8, ValueError, "stage key 'res2': expected 'C<level>'"),  # Pes2
+    ({"C2": (1, 8, 8)}, 8, ValueError, r"C2 of shape \(1, 8, 8\): expected \(N, H, W, C\)"),
+    ({}, 8, ValueError, "c is empty"),
+    ([jnp.ones((1, 8, 8, 4))], 8, TypeError, "c must be a dict of backbone stages .* got list"),
+    ({"C2": (1, 8, 8, 4)}, 0, ValueError, "features must be a positive int, got 0"),
+])
+def test_bad_fpn_inputs_are_named(stages, features, error, match):
+    with pytest.raises(error, match=match):
+        fpn_shapes(stages, features)
+
+
+def kept(index, valid):
+    return list(np.asarray(index)[np.asarray(valid)])
+
+
+def test_nms_inf_scores_unused_slots_and_no_boxes():
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 15, 15], [20, 20, 30, 30]], np.float32)
+    index, valid = nms(boxes, np.array([np.inf, 2.0, -np.inf], np.float32), 0.5, 3)
+    assert kept(index, valid) == [0, 1]  # +inf is a candidate (it was dropped)
+    index, valid = nms(boxes, np.array([1.0, 3.0, 2.0], np.float32), 0.1, 5)
+    assert list(np.asarray(index)) == [1, 2, 0, 0, 0]  # unused slots hold 0, not the best box
+    for run in (nms, jax.jit(nms, static_argnums=(2, 3))):  # IndexError
+        index, valid = run(jnp.zeros((0, 4)), jnp.zeros((0,)), 0.5, 3)
+        assert index.shape == (3,) and not valid.any()
+    index, valid = batched_nms(jnp.zeros((0, 4)), jnp.zeros((0,)), jnp.zeros((0,), int), 0.5, 2)
+    assert index.shape == (2,) and not valid.any()  # "zero-size array to reduction"
+
+
+@pytest.mark.parametrize("scores, classes, threshold, max_output, match", [
+    ([1.0, 2.0], None, -0.1, 2, r"iou_threshold must be in \[0, 1\], got -0.1"),  # suppressed
+    ([1.0, 2.0], None, 1.5, 2, r"iou_threshold must be in \[0, 1\], got 1.5"),
+    ([1.0, 2.0], None, NAN, 2, r"iou_threshold must be in \[0, 1\], got nan"),
+    ([1.0, 2.0], None, 0.5, -1, "max_output must be a positive int, got -1"),
+    ([1.0, 2.0, 3.0], None, 0.5, 2, r"scores of shape \(3,\): expected \(K,\) = \(2,\), one "
+                                    r"per box of boxes \(2, 4\)"),
+    ([[1.0], [2.0]], None, 0.5, 2, r"scores of shape \(2, 1\)"),
+    ([1.0, 2.0], [[1], [1]], 0.5, 2, r"classes of shape \(2, 1\): expected \(K,\) = \(2,\)"),
+])
+def test_bad_nms_arguments_are_named(scores, classes, threshold, max_output, match):
+    boxes = jnp.array([[0, 0, 1, 1], [5, 5, 6, 6]], jnp.float32)
+    args = (boxes, jnp.array(scores), threshold, max_output)
+    with pytest.raises(ValueError, match=match):
+        nms(*args) if classes is None else batched_nms(*args[:2], jnp.array(classes), *args[2:])
+
+
+def test_batched_nms_is_exact_for_large_class_ids():
+    """Float offsets of classes * 2 * span swallowed the geometry at class ids near 1e5."""
+    boxes = np.array([[1000, 1000, 1010, 1010], [1000, 1001, 1010, 1011],  # IoU 0.82
+                      [1000, 1004, 1010, 1014]], np.float32)
+    scores = np.array([3.0, 2.0, 1.0], np.float32)
+    for cls in (1, 100_000, 2**31 - 1, -5):
+        assert kept(*batched_nms(boxes, scores, np.full(3, cls), 0.5, 3)) == [0, 2]
+    big = np.array([2**31 - 1, 2**31 - 2, 2**31 - 1])
+    assert kept(*batched_nms(boxes, scores, big, 0.5, 3)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: pairwise_iou(jnp.zeros((1, 5)), jnp.zeros((1, 5))),
+     r"a of shape \(1, 5\): expected \(K, 4\) boxes \(x1, y1, x2, y2\)"),
+    (lambda: pairwise_iou(jnp.zeros(4), jnp.zeros((2, 4))), r"a of shape \(4,\)"),
+    (lambda: pairwise_iou(jnp.zeros((2, 4)), jnp.ones((2, 3))), r"b of shape \(2, 3\)"),  # 0
+    (lambda: area(jnp.zeros((1, 5))), r"boxes of shape \(1, 5\): expected \(\.\.\., 4\)"),
+    (lambda: decode(jnp.zeros((1, 4)), jnp.ones((1, 4)), (1.0, 1.0)),
+     r"weights \(1.0, 1.0\): expected 4 coding weights \(wx, wy, ww, wh\)"),
+    (lambda: encode(jnp.ones((1, 4)), jnp.ones((1, 5))), r"reference of shape \(1, 5\)"),
+])
+def test_bad_box_shapes_are_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,8 +1,27 @@
 """Anchor boxes of a feature pyramid, as constants of the static image and map sizes."""
 
 from collections.abc import Sequence
+import math
+import numbers
 
 import numpy as np
+
+from lip_jax.windows import positive_int
+
+
+def positive_floats(name: str, values) -> tuple[float, ...]:
+    """`values`, one or more finite positive numbers, as floats; a TypeError (not a
+    sequence of numbers) or ValueError naming `name` otherwise."""
+    try:
+        out = tuple(values)
+        numbers_only = all(isinstance(v, numbers.Real) for v in out)
+    except TypeError:  # a scalar
+        numbers_only = False
+    if isinstance(values, str) or not numbers_only:
+        raise TypeError(f"{name} must be a sequence of numbers, got {values!r}")
+    if not out or not all(math.isfinite(v) and v > 0 for v in out):
+        raise ValueError(f"{name} must be one or more finite positive numbers, got {values!r}")
+    return tuple(float(v) for v in out)
 
 
 def level_anchors(height: int, width: int, stride: int, sizes: Sequence[float],
@@ -10,8 +29,10 @@ def level_anchors(height: int, width: int, stride: int, sizes: Sequence[float],
     """`(height * width * A, 4)` anchors `(x1, y1, x2, y2)` of a `(height, width)` map of
     `stride` pixels per cell: at each cell centre `((j + 0.5) * stride, (i + 0.5) * stride)`,
     row-major, `A = len(sizes) * len(aspect_ratios)` boxes of area `size**2` and
-    height / width `ratio`, sizes outer, ratios inner."""
-    shapes = [(size / np.sqrt(r), size * np.sqrt(r)) for size in sizes for r in aspect_ratios]
+    height / width `ratio`, sizes outer, ratios inner (sizes and ratios finite, > 0)."""
+    stride = positive_int("stride", stride)
+    shapes = [(size / np.sqrt(r), size * np.sqrt(r)) for size in positive_floats("sizes", sizes)
+              for r in positive_floats("aspect_ratios", aspect_ratios)]
     half = 0.5 * np.array([[-w, -h, w, h] for w, h in shapes])  # (A, 4)
     ys, xs = np.meshgrid((np.arange(height) + 0.5) * stride, (np.arange(width) + 0.5) * stride,
                          indexing="ij")
@@ -23,7 +44,14 @@ def pyramid_anchors(map_sizes: Sequence[tuple[int, int]], strides: Sequence[int]
                     sizes: Sequence[Sequence[float]],
                     aspect_ratios: Sequence[float]) -> np.ndarray:
     """Every level's `level_anchors` (level l: a map of `map_sizes[l]`, `strides[l]` pixels
-    per cell, `sizes[l]`), concatenated in level order: `(sum_l H_l * W_l * A, 4)`."""
+    per cell, `sizes[l]`, a sequence), concatenated in level order: `(sum_l H_l * W_l * A,
+    4)`. One or more levels, the same number in each of the three."""
+    lengths = tuple(map(len, (map_sizes, strides, sizes)))
+    if len(set(lengths)) != 1 or not lengths[0]:
+        raise ValueError(f"map_sizes, strides and sizes have {lengths} levels: expected as "
+                         "many (one or more) in each")
+    levels = zip(map_sizes, strides, sizes)
     return np.concatenate([
-        level_anchors(height, width, stride, level_sizes, aspect_ratios)
-        for (height, width), stride, level_sizes in zip(map_sizes, strides, sizes)])
+        level_anchors(height, width, positive_int(f"strides[{l}]", stride),
+                      positive_floats(f"sizes[{l}]", level_sizes), aspect_ratios)
+        for l, ((height, width), stride, level_sizes) in enumerate(levels)])

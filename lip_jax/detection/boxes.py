@@ -13,8 +13,27 @@ import jax.numpy as jnp
 MAX_LOG_SCALE = math.log(1000.0 / 16)  # decoded width/height ratios are capped (Detectron2)
 
 
+def check_boxes(name: str, boxes, ndim: int | None = None):
+    """`boxes`; a ValueError naming `name` unless its static shape is `(..., 4)` (exactly
+    `ndim` dims where given, e.g. 2 for `(K, 4)`)."""
+    shape = tuple(jnp.shape(boxes))
+    if shape[-1:] != (4,) or ndim not in (None, len(shape)):
+        expected = "(K, 4)" if ndim == 2 else "(..., 4)"
+        raise ValueError(f"{name} of shape {shape}: expected {expected} boxes (x1, y1, x2, y2)")
+    return boxes
+
+
+def _weights(weights, dtype):
+    """The coding `weights` as a `(4,)` array of `dtype`; a ValueError otherwise."""
+    w = jnp.asarray(weights, dtype)
+    if w.shape != (4,):
+        raise ValueError(f"weights {weights!r}: expected 4 coding weights (wx, wy, ww, wh)")
+    return w
+
+
 def area(boxes):
     """`(..., 4)` -> `(...)`; 0 for empty or inverted boxes."""
+    check_boxes("boxes", boxes)
     return jnp.maximum(boxes[..., 2] - boxes[..., 0], 0) * jnp.maximum(
         boxes[..., 3] - boxes[..., 1], 0)
 
@@ -22,6 +41,8 @@ def area(boxes):
 def pairwise_iou(a, b):
     """Intersection over union of every box of `a` `(K, 4)` with every box of `b`
     `(M, 4)`: `(K, M)`, 0 where the union is empty."""
+    check_boxes("a", a, 2)
+    check_boxes("b", b, 2)
     top_left = jnp.maximum(a[:, None, :2], b[None, :, :2])
     bottom_right = jnp.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = jnp.prod(jnp.maximum(bottom_right - top_left, 0), axis=-1)
@@ -30,7 +51,8 @@ def pairwise_iou(a, b):
 
 
 def clip(boxes, height: int, width: int):
-    """Boxes clipped to the image `[0, width] x [0, height]`."""
+    """Boxes `(..., 4)` clipped to the image `[0, width] x [0, height]`."""
+    check_boxes("boxes", boxes)
     limits = jnp.array([width, height, width, height], boxes.dtype)
     return jnp.clip(boxes, 0, limits)
 
@@ -43,9 +65,9 @@ def _centre_size(boxes):
 def encode(boxes, reference, weights=(1.0, 1.0, 1.0, 1.0)):
     """The deltas `(..., 4)` that turn `reference` into `boxes` (both `(..., 4)`, positive
     sizes)."""
-    centre, size = _centre_size(boxes)
-    ref_centre, ref_size = _centre_size(reference)
-    w = jnp.asarray(weights, boxes.dtype)
+    centre, size = _centre_size(check_boxes("boxes", boxes))
+    ref_centre, ref_size = _centre_size(check_boxes("reference", reference))
+    w = _weights(weights, boxes.dtype)
     return jnp.concatenate([w[:2] * (centre - ref_centre) / ref_size,
                             w[2:] * jnp.log(size / ref_size)], axis=-1)
 
@@ -53,8 +75,9 @@ def encode(boxes, reference, weights=(1.0, 1.0, 1.0, 1.0)):
 def decode(deltas, reference, weights=(1.0, 1.0, 1.0, 1.0)):
     """The boxes `(..., 4)` that `deltas` make of `reference` (inverse of `encode`; scale
     deltas are capped at `MAX_LOG_SCALE`)."""
-    ref_centre, ref_size = _centre_size(reference)
-    w = jnp.asarray(weights, deltas.dtype)
+    check_boxes("deltas", deltas)
+    ref_centre, ref_size = _centre_size(check_boxes("reference", reference))
+    w = _weights(weights, deltas.dtype)
     centre = ref_centre + deltas[..., :2] / w[:2] * ref_size
     size = ref_size * jnp.exp(jnp.minimum(deltas[..., 2:] / w[2:], MAX_LOG_SCALE))
     return jnp.concatenate([centre - 0.5 * size, centre + 0.5 * size], axis=-1)

@@ -15,7 +15,8 @@ RoIAlign (but for samples outside the map, which read logit 0: e^-6 of the weigh
     detections = model.apply(variables, images, method=model.detect)
 
 Images are `(N, H, W, C)` floats (normalised); ground truth `(N, M, 4)` boxes
-`(x1, y1, x2, y2)` in pixels and `(N, M)` labels `1..num_classes`, 0 on padding rows.
+`(x1, y1, x2, y2)` in pixels and `(N, M)` labels `1..num_classes`, 0 on padding rows
+(`FasterRCNN.losses` states what is checked).
 """
 
 from collections.abc import Sequence
@@ -23,14 +24,32 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lip_jax.detection import roi_head, rpn
-from lip_jax.detection.anchors import pyramid_anchors
+from lip_jax.detection.anchors import positive_floats, pyramid_anchors
 from lip_jax.detection.fpn import FPN
+from lip_jax.detection.nms import unit_interval
 from lip_jax.linen.logits import ProjectionLogit
 from lip_jax.windows import positive_int, positive_ints
 
 ROI_POOLS = ("align", "lip")
+
+
+def check_objects(gt_boxes, gt_labels, num_classes: int) -> None:
+    """A ValueError naming the first object `(n, m)` whose label is not in
+    `0..num_classes`, or whose box, labelled > 0, is not finite with `x2 > x1`, `y2 > y1`
+    (torchvision's rule). Concrete inputs only: traced ones cannot be checked."""
+    if isinstance(gt_boxes, jax.core.Tracer) or isinstance(gt_labels, jax.core.Tracer):
+        return
+    boxes, labels = np.asarray(gt_boxes, np.float64), np.asarray(gt_labels)
+    bad_label = (labels < 0) | (labels > num_classes)
+    good_box = np.isfinite(boxes).all(-1) & (boxes[..., 2:] > boxes[..., :2]).all(-1)
+    for n, m in np.argwhere(bad_label | ((labels > 0) & ~good_box))[:1]:
+        problem = (f"label {labels[n, m]}: expected 1..{num_classes} (0 on padding rows)"
+                   if bad_label[n, m] else f"box {boxes[n, m].tolist()}: expected finite "
+                   "(x1, y1, x2, y2) with x2 > x1 and y2 > y1")
+        raise ValueError(f"gt object {m} of image {n} has {problem}")
 
 
 class FasterRCNN(nn.Module):
@@ -82,15 +101,30 @@ class FasterRCNN(nn.Module):
                      "pooled_size", "sampling_ratio", "head_width", "max_detections"):
             positive_int(name, getattr(self, name))
         positive_ints("proposals", self.proposals, 2)
-        sizes, ratios = [tuple(level) for level in self.anchor_sizes], tuple(self.aspect_ratios)
-        if (len({len(s) for s in sizes}) != 1 or not sizes[0] or not ratios
-                or min((*sum(sizes, ()), *ratios)) <= 0):
-            raise ValueError(f"anchor_sizes {self.anchor_sizes} and aspect_ratios "
-                             f"{self.aspect_ratios} must be positive, with as many sizes on "
-                             "every level")
+        sizes = [positive_floats(f"anchor_sizes[{l}]", level)
+                 for l, level in enumerate(self.anchor_sizes)]
+        positive_floats("aspect_ratios", self.aspect_ratios)
+        if len({len(level) for level in sizes}) != 1:
+            raise ValueError(f"anchor_sizes {self.anchor_sizes}: expected one or more levels, "
+                             "with as many sizes on every level")
         for name in ("rpn_nms_iou", "nms_iou", "score_threshold"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+            unit_interval(name, getattr(self, name))
+
+    def _check_ground_truth(self, images, gt_boxes, gt_labels):
+        """A ValueError or TypeError naming ground truth that breaks `losses`' contract:
+        shapes and dtypes always, values where concrete (`check_objects`)."""
+        n, boxes_shape = images.shape[0], jnp.shape(gt_boxes)
+        if boxes_shape[:1] + boxes_shape[2:] != (n, 4) or jnp.shape(gt_labels) != boxes_shape[:2]:
+            raise ValueError(f"gt_boxes of shape {boxes_shape} and gt_labels of shape "
+                             f"{jnp.shape(gt_labels)}: expected (N, M, 4) and (N, M), N = {n}")
+        dtype = getattr(gt_labels, "dtype", None) or jnp.result_type(gt_labels)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(f"gt_labels of dtype {dtype}: expected integer class ids "
+                            f"1..{self.num_classes} (0 on padding rows)")
+        if self.roi_samples > self.proposals[0] + boxes_shape[1]:
+            raise ValueError(f"roi_samples {self.roi_samples} exceeds the candidates: "
+                             f"{self.proposals[0]} proposals + {boxes_shape[1]} objects")
+        check_objects(gt_boxes, gt_labels, self.num_classes)
 
     def _first_stage(self, images, train: bool):
         """Pyramid, anchors `(A, 4)`, RPN logits `(N, A)` and deltas `(N, A, 4)`, proposals
@@ -100,7 +134,7 @@ class FasterRCNN(nn.Module):
             raise ValueError("the backbone must return its stage outputs (a dict C2..C5): "
                              "build it with create_model(..., features_only=True)")
         pyramid = self.fpn(stages)
-        names = sorted(pyramid)  # P2 .. P5: level l has stride 2**l
+        names = sorted(pyramid, key=lambda k: int(k[1:]))  # P2 .. P5: level l, stride 2**l
         if len(names) != len(self.anchor_sizes):
             raise ValueError(f"anchor_sizes has {len(self.anchor_sizes)} levels for the "
                              f"pyramid's {len(names)} ({', '.join(names)})")
@@ -131,15 +165,18 @@ class FasterRCNN(nn.Module):
 
     def losses(self, images, gt_boxes, gt_labels, train: bool = True) -> dict:
         """The four Faster R-CNN losses, averaged over the batch: `rpn_objectness`,
-        `rpn_box` (per sampled anchor), `roi_class`, `roi_box` (per sampled RoI)."""
+        `rpn_box` (per sampled anchor), `roi_class`, `roi_box` (per sampled RoI).
+
+        Ground truth: `gt_boxes` `(N, M, 4)` `(x1, y1, x2, y2)` in pixels, integer
+        `gt_labels` `(N, M)`: 1..num_classes for an object, whose box must be finite with
+        `x2 > x1` and `y2 > y1`, 0 on padding rows (their boxes are ignored). Concrete
+        values are checked (`check_objects`); traced ones (under jit) cannot be: there a
+        negative label counts as padding, an object with a degenerate or non-finite box
+        matches nothing (never a positive), and a label above num_classes makes the RoI
+        losses NaN."""
+        self._check_ground_truth(images, gt_boxes, gt_labels)
+        n = images.shape[0]
         pyramid, anchors, logits, deltas, proposals, valid = self._first_stage(images, train)
-        n, boxes_shape = images.shape[0], jnp.shape(gt_boxes)
-        if boxes_shape[:1] + boxes_shape[2:] != (n, 4) or jnp.shape(gt_labels) != boxes_shape[:2]:
-            raise ValueError(f"gt_boxes of shape {boxes_shape} and gt_labels of shape "
-                             f"{jnp.shape(gt_labels)}: expected (N, M, 4) and (N, M), N = {n}")
-        if self.roi_samples > self.proposals[0] + gt_boxes.shape[1]:
-            raise ValueError(f"roi_samples {self.roi_samples} exceeds the candidates: "
-                             f"{self.proposals[0]} proposals + {gt_boxes.shape[1]} objects")
         gt_valid = gt_labels > 0
         rpn_keys, roi_keys = jnp.split(jax.random.split(self.make_rng("sample"), 2 * n), 2)
         objectness, rpn_box = jax.vmap(lambda k, l, d, b, v: rpn.rpn_losses(
