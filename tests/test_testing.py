@@ -15,8 +15,9 @@ from hypothesis import given, settings, strategies as st
 
 import lip_jax
 from lip_jax import ops
-from lip_jax.testing import (check_average_pool_properties, check_lip_properties, reference,
-                             strategies)
+from lip_jax.testing import (check_average_pool_properties, check_lan_properties,
+                             check_lip_properties, check_soft_pool_properties,
+                             check_tempered_max_pool_properties, reference, strategies)
 
 P1 = ((1, 1), (1, 1))
 OPS = ["lan_pool", "lip_pool", "average_pool", "soft_pool", "tempered_max_pool",
@@ -369,6 +370,119 @@ def test_check_average_pool_properties_fails_when_padding_always_counts():
 def test_skip_names_the_properties():
     with pytest.raises(ValueError, match="names no property of check_lip_properties"):
         check_lip_properties(max_examples=1, skip=("vmapp",))
+
+
+PROPERTIES = {
+    check_lip_properties: ("reference", "bounds", "shift", "zero_logits", "large_beta", "vmap",
+                           "variants"),
+    check_lan_properties: ("reference", "bounds", "scale", "uniform", "subsampling", "vmap",
+                           "variants"),
+    check_average_pool_properties: ("reference", "bounds", "constant", "vmap", "variants"),
+    check_soft_pool_properties: ("reference", "bounds", "vmap", "variants"),
+    check_tempered_max_pool_properties: ("reference", "rising", "large_beta", "vmap", "variants"),
+}
+
+
+@pytest.mark.parametrize("check", PROPERTIES, ids=lambda check: check.__name__)
+def test_a_skip_of_every_property_is_refused(check):
+    """A check that would check nothing (here of a pooling that returns 1e9) refuses."""
+    with pytest.raises(ValueError, match=f"covers every property of {check.__name__}"):
+        check(lambda x, *args, **kwargs: x * 0 + 1e9, max_examples=1, skip=PROPERTIES[check])
+
+
+def _returns_none(*args, **kwargs):
+    return None
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: check_lip_properties(3), TypeError, "fn must be a pooling function, got 3"),
+    (lambda: check_lip_properties(_returns_none, max_examples=1), TypeError,
+     "check_lip_properties: fn must return an array, got NoneType"),
+    (lambda: check_lip_properties(_returns_none, max_examples=1, skip=PROPERTIES[
+        check_lip_properties][:-2]), TypeError, "fn must return an array"),  # vmap first
+    (lambda: check_lan_properties(_returns_none, max_examples=1, skip=tuple(
+        p for p in PROPERTIES[check_lan_properties] if p != "subsampling")), TypeError,
+     "check_lan_properties: fn must return an array"),
+    (lambda: check_lip_properties(skip=None), TypeError,
+     "skip must be a property name or a sequence of them, got None"),
+    (lambda: check_lip_properties(examples=[1, 2]), TypeError,
+     r"examples must be a strategy of strategies.Example .*got \[1, 2\]"),
+    (lambda: check_lip_properties(max_examples=1, examples=strategies.pool_examples(
+        with_logits=False)), ValueError, "check_lip_properties needs examples with logits"),
+    (lambda: check_lan_properties(max_examples=1, examples=strategies.pool_examples()),
+     ValueError, "check_lan_properties needs examples with weights"),
+])
+def test_check_misuse_is_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_float64_examples_without_x64_are_refused_naming_x64():
+    """Not the correct lip_pool's "output float32, inputs float64"."""
+    examples = strategies.pool_examples(dtypes=("float64",))
+    with jax.enable_x64(False), pytest.raises(ValueError, match="float64 inputs need "
+                                              "jax_enable_x64"):
+        check_lip_properties(max_examples=1, examples=examples)
+
+
+@pytest.mark.parametrize("build, error, match", [
+    (lambda: strategies.window_geometries((1, 3, 3, 1), paddings=("valid",)), ValueError,
+     r"paddings must be one or more of 'VALID', 'SAME', 'pairs', got \('valid',\)"),
+    (lambda: strategies.window_geometries((1, 4, 4, 1), spatial_ndim=5), ValueError,
+     r"input_shape \(1, 4, 4, 1\) is too short for spatial_ndim=5"),
+    (lambda: strategies.window_geometries((1, 4, 4, 1), spatial_ndim=0), ValueError,
+     "spatial_ndim must be a positive int, got 0"),
+    (lambda: strategies.window_geometries(spatial_ndim=0), ValueError,
+     "spatial_ndim must be a positive int, got 0"),
+    (lambda: strategies.window_geometries((1, 8, 1), max_stride=0), ValueError,
+     "max_stride must be a positive int, got 0"),
+    (lambda: strategies.window_geometries(max_window=0), ValueError,
+     "max_window must be a positive int, got 0"),
+    (lambda: strategies.window_geometries((8,)), ValueError,
+     r"input_shape \(8,\) is too short for spatial_ndim=1"),
+    (lambda: strategies.window_geometries((4, 4, 1), spatial_ndim=3), ValueError,
+     r"input_shape \(4, 4, 1\) is too short for spatial_ndim=3"),
+    (lambda: strategies.window_geometries((2, 0, 4, 3)), ValueError,
+     r"input_shape must be one or more positive ints, got \(2, 0, 4, 3\)"),
+    (lambda: strategies.input_shapes(max_size=0), ValueError,
+     "max_size must be a positive int, got 0"),
+    (lambda: strategies.input_shapes(max_batch_dims=-1), ValueError,
+     "max_batch_dims must be a non-negative int, got -1"),
+    (lambda: strategies.inputs((2, 3, 1), dtypes=("int32",)), TypeError,
+     "dtypes: expected a floating dtype .*got 'int32'"),
+    (lambda: strategies.logits(()), ValueError,
+     r"shape must be one or more positive ints, got \(\)"),
+    (lambda: strategies.logits(layouts=("bogus",)), ValueError,
+     r"layouts must be one or more of 'feature', .*got \('bogus',\)"),
+    (lambda: strategies.logits(dtype="int32"), TypeError,
+     "dtype: expected a floating dtype .*got 'int32'"),
+    (lambda: strategies.logits((1, 4, 4, 3), layouts=("grouped",)), ValueError,
+     r"layouts=\('grouped',\) fit no logits for inputs of shape \(1, 4, 4, 3\)"),
+    (lambda: strategies.logits(spreads=(1e40,), integer=False), ValueError,
+     r"spreads=\(1e\+40,\) with offsets=.*none fits float32"),
+    (lambda: strategies.weights(integer=True), TypeError,
+     "weights take no integer= .*got integer=True"),
+    (lambda: strategies.pool_examples(with_weights=True, integer=True), TypeError,
+     "weights take no integer="),
+    (lambda: strategies.pool_examples(dtypes=("float32", "int32")), TypeError,
+     "dtypes: expected a floating dtype .*got 'int32'"),
+    (lambda: strategies.pool_examples(dtypes=("float32", "float16"), spreads=(1e6,)),
+     ValueError, r"spreads=\(1000000.0,\) with offsets=.*none fits float16"),
+    (lambda: strategies.pool_examples(with_logits=False, layouts=("feature",)), TypeError,
+     r"takes no logit arguments, got \['layouts'\]"),
+    (lambda: strategies.pool_examples(geometries=(1, 2)), TypeError,
+     r"geometries must be a strategy of Geometry .*got \(1, 2\)"),
+])
+def test_strategies_refuse_bad_arguments_when_built(build, error, match):
+    """Before any draw, one line naming the argument (not hypothesis' or NumPy's errors)."""
+    with pytest.raises(error, match=match):
+        build()
+
+
+@settings(max_examples=10, deadline=None)
+@given(strategies.logit_specs(layouts=("grouped",)))
+def test_grouped_logits_draw_only_shapes_that_have_groups(spec):
+    assert spec.layout == "grouped" and 1 < spec.shape[-1]
 
 
 def test_vjp_of_a_function_without_one_is_refused_by_name():

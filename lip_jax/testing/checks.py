@@ -8,7 +8,7 @@ breaks one. `fn` takes the signature of the `lip_jax` op the check is named afte
 `ceil_mode=True` is passed only for examples that draw it. `max_examples` trades time for
 coverage (each example compiles `fn` a few times); `seed` picks the examples;
 `examples=` replaces the strategy (e.g. `pool_examples(dtypes=("float32",))`); `skip=`
-names properties not to check (each check's docstring lists their names).
+names properties not to check (each check's docstring lists their names), never all.
 """
 
 from __future__ import annotations
@@ -21,6 +21,24 @@ import numpy as np
 from lip_jax import ops
 from lip_jax.testing import reference, strategies
 from lip_jax.testing.harness import Case, run
+
+
+def _pooling(fn, default):
+    """`fn`, or `default` when None; a TypeError unless it is callable."""
+    if fn is None:
+        return default
+    if not callable(fn):
+        raise TypeError(f"fn must be a pooling function, got {fn!r}")
+    return fn
+
+
+def _logits(check: str, example, weights: bool = False) -> np.ndarray:
+    """The example's logits (`weights`: its positive weights); a ValueError naming `check`
+    when it has none."""
+    if example.logits is None or (weights and not example.spec.exp):
+        kind = "weights (with_weights=True)" if weights else "logits (with_logits=True)"
+        raise ValueError(f"{check} needs examples with {kind}, got: {example}")
+    return example.logits
 
 
 def _window_size(example) -> int:
@@ -95,10 +113,10 @@ def check_lip_properties(fn=None, *, max_examples: int = 5, seed: int = 0, examp
       `(K - 1) / (e beta)` for K-pixel windows;
     - "vmap", "variants": `jax.vmap` and chex's variants agree with `jax.jit`.
     """
-    fn = ops.lip_pool if fn is None else fn
+    fn = _pooling(fn, ops.lip_pool)
 
     def properties(ex):
-        g, x, l = ex.geometry, ex.inputs, ex.logits
+        g, x, l = ex.geometry, ex.inputs, _logits("check_lip_properties", ex)
         case = Case("check_lip_properties", ex, lambda x, l: fn(x, l, *g.args, **g.kwargs),
                     lambda x, l: reference.value_and_pullback(reference.lip_pool, x, l, *g.args,
                                                               **g.kwargs), ("inputs", "logits"))
@@ -136,10 +154,10 @@ def check_lan_properties(fn=None, *, max_examples: int = 4, seed: int = 0, examp
       window, no low padding) give strided subsampling, exactly;
     - "vmap", "variants": `jax.vmap` and chex's variants agree with `jax.jit`.
     """
-    fn = ops.lan_pool if fn is None else fn
+    fn = _pooling(fn, ops.lan_pool)
 
     def properties(ex):
-        g, x, w = ex.geometry, ex.inputs, ex.logits
+        g, x, w = ex.geometry, ex.inputs, _logits("check_lan_properties", ex, weights=True)
         case = Case("check_lan_properties", ex, lambda x, w: fn(x, w, *g.args, **g.kwargs),
                     lambda x, w: reference.value_and_pullback(reference.lan_pool, x, w, *g.args,
                                                               **g.kwargs), ("inputs", "weights"))
@@ -174,7 +192,7 @@ def _subsamples(case: Case, fn, x):
                     for (_, hi), k, size in zip(pads, g.window_shape, spatial))
     one_hot = np.zeros(spatial + (1,), x.dtype)
     one_hot[tuple(slice(None, None, s) for s in strides)] = 1
-    y = fn(x, one_hot, g.window_shape, strides, padding, **g.kwargs)
+    y = case.output(fn(x, one_hot, g.window_shape, strides, padding, **g.kwargs))
     origins = tuple(slice(0, m * s, s) for m, s in zip(np.shape(y)[x.ndim - n - 1:-1], strides))
     case.close(y, x[(Ellipsis, *origins, slice(None))].astype(np.float64),
                f"subsampling: one-hot weights at the origins of windows with strides {strides}, "
@@ -194,7 +212,7 @@ def check_average_pool_properties(fn=None, *, max_examples: int = 4, seed: int =
     - "constant": without counting padding, a constant input stays constant;
     - "vmap", "variants": `jax.vmap` and chex's variants agree with `jax.jit`.
     """
-    fn = ops.average_pool if fn is None else fn
+    fn = _pooling(fn, ops.average_pool)
 
     def properties(ex):
         g, x = ex.geometry, ex.inputs
@@ -237,7 +255,7 @@ def check_soft_pool_properties(fn=None, *, max_examples: int = 4, seed: int = 0,
       `exp(x)` rise with x);
     - "vmap", "variants": `jax.vmap` and chex's variants agree with `jax.jit`.
     """
-    fn = ops.soft_pool if fn is None else fn
+    fn = _pooling(fn, ops.soft_pool)
 
     def properties(ex):
         g, x = ex.geometry, ex.inputs
@@ -272,7 +290,7 @@ def check_tempered_max_pool_properties(fn=None, *, max_examples: int = 4, seed: 
     - "large_beta": beta 1e6 gives max pooling of `100 * inputs`;
     - "vmap", "variants": `jax.vmap` and chex's variants agree with `jax.jit`.
     """
-    fn = ops.tempered_max_pool if fn is None else fn
+    fn = _pooling(fn, ops.tempered_max_pool)
 
     def properties(ex):
         g, x = ex.geometry, ex.inputs

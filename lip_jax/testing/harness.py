@@ -19,6 +19,8 @@ except ImportError as e:
     raise ImportError(f"lip_jax.testing's checks need hypothesis and chex ({e}): "
                       "pip install 'lip-jax[testing]'") from e
 
+from lip_jax.testing.strategies import Example
+
 TOLERANCES = {"float64": 1e-9, "float32": 1e-5, "float16": 5e-3, "bfloat16": 1e-2}
 """Relative tolerance by dtype of the inputs: `|got - want| <= tol * (|want| + scale)`,
 `scale` the largest `|want|` of the array (at least 1)."""
@@ -27,9 +29,13 @@ TOLERANCES = {"float64": 1e-9, "float32": 1e-5, "float16": 5e-3, "bfloat16": 1e-
 def run(check: str, examples, properties: Callable, max_examples: int, seed: int,
         skip=()) -> None:
     """On `max_examples` hypothesis draws of `examples` (from `seed`), runs every
-    property of `properties(example) -> {name: property}` whose name is not in `skip`;
-    the first failure is raised as is (no shrinking: each example compiles)."""
-    skip = frozenset((skip,) if isinstance(skip, str) else skip)
+    property of `properties(example) -> {name: property}` whose name is not in `skip`
+    (not all of them); the first failure is raised as is (no shrinking: each example
+    compiles)."""
+    if not isinstance(examples, hypothesis.strategies.SearchStrategy):
+        raise TypeError(f"examples must be a strategy of strategies.Example (pool_examples()), "
+                        f"got {examples!r}")
+    skip = _names("skip", skip)
 
     @hypothesis.settings(max_examples=max_examples, deadline=None, database=None,
                          phases=(Phase.explicit, Phase.generate), report_multiple_bugs=False,
@@ -37,16 +43,42 @@ def run(check: str, examples, properties: Callable, max_examples: int, seed: int
     @hypothesis.seed(seed)
     @hypothesis.given(examples)
     def each(example):
+        _computable(check, example)
         checks = properties(example)
         if not skip <= checks.keys():
             raise ValueError(f"skip={sorted(skip)} names no property of {check}: "
                              f"{', '.join(checks)}")
+        if skip >= checks.keys():
+            raise ValueError(f"skip={sorted(skip)} covers every property of {check}: it "
+                             f"would check nothing")
         for name, prop in checks.items():
             if name not in skip:
                 prop()
 
     each.__name__ = each.__qualname__ = check
     each()
+
+
+def _names(name: str, value) -> frozenset:
+    """`value`, a property name or names, as a set; a TypeError naming `name` otherwise."""
+    try:
+        return frozenset((value,) if isinstance(value, str) else value)
+    except TypeError:
+        raise TypeError(f"{name} must be a property name or a sequence of them, "
+                        f"got {value!r}") from None
+
+
+def _computable(check: str, example):
+    """A TypeError unless `example` is an `Example`, a ValueError unless JAX holds its
+    arrays in their dtypes (float64 needs jax_enable_x64)."""
+    if not isinstance(example, Example):
+        raise TypeError(f"{check}: examples must draw strategies.Example, got {example!r}")
+    for name, array in (("inputs", example.inputs), ("logits", example.logits)):
+        if array is not None and jax.dtypes.canonicalize_dtype(array.dtype) != array.dtype:
+            raise ValueError(
+                f"{check}: {array.dtype} {name} need jax_enable_x64 (JAX computes them in "
+                f"{jax.dtypes.canonicalize_dtype(array.dtype)} without it); enable it or "
+                f"draw other dtypes (pool_examples(dtypes=...))")
 
 
 class Case:
@@ -80,8 +112,16 @@ class Case:
                             f"got {got[at]:.9g}, expected {want[at]:.9g} (tolerance {tol:g} x "
                             f"(|expected| + {scale:g}))")
 
+    def output(self, y) -> jax.Array:
+        """`y`, what the function under test returned; a TypeError naming the check unless
+        it is an array."""
+        if not isinstance(y, (jax.Array, np.ndarray)):
+            raise TypeError(f"{self.check}: fn must return an array, got {type(y).__name__} "
+                            f"{y!r}")
+        return y
+
     def value(self, *arrays) -> jax.Array:
-        return self.jit(*arrays)
+        return self.output(self.jit(*arrays))
 
     def matches_reference(self, *arrays, diff=(0,)):
         """Value and VJP (by `arrays[i]`, `i` in `diff`) equal the reference's, for a
@@ -114,7 +154,7 @@ class Case:
         """`jax.vmap` over the example and its negated inputs gives each one's value."""
         other = (-np.asarray(arrays[0]),) + arrays[1:]
         stacked = [np.stack([np.asarray(a), np.asarray(b)]) for a, b in zip(arrays, other)]
-        both = jax.jit(jax.vmap(self.call))(*stacked)
+        both = self.output(jax.jit(jax.vmap(self.call))(*stacked))
         self.close(both[0], self.value(*arrays), "vmap: the example")
         self.close(both[1], self.value(*other), "vmap: the negated inputs")
 

@@ -12,6 +12,9 @@
 - `pool_examples()`: an `Example` (inputs, logits, geometry) for the checks, whose `str`
   names shapes, dtypes, geometry and the seeds that rebuild its arrays.
 
+Arguments are checked when a strategy is built: ValueError or TypeError names the one at
+fault (a padding kind, a layout, a non-float dtype, spreads no dtype holds...).
+
 Arrays are NumPy, made by `numpy.random.default_rng(seed)` from a drawn seed, so that
 hypothesis draws a few numbers rather than whole arrays and an example is rebuilt from
 its description: inputs are `default_rng(seed).uniform(-1, 1, shape).astype(dtype)`,
@@ -20,13 +23,17 @@ logits `LogitSpec(...).make()`.
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
+from lip_jax.windows import flag, positive_int, positive_ints
+
 try:
     import hypothesis.strategies as st
+    from hypothesis import assume
 except ImportError as e:
     raise ImportError(f"lip_jax.testing.strategies needs hypothesis ({e}): "
                       "pip install 'lip-jax[testing]'") from e
@@ -63,11 +70,59 @@ class Geometry(NamedTuple):
                 f"padding={self.padding!r}, ceil_mode={self.ceil_mode}")
 
 
-@st.composite
-def input_shapes(draw, spatial_ndim: int | None = None, *, max_batch_dims: int = 2,
-                 max_size: int = 8, max_features: int = 4) -> tuple[int, ...]:
+def _sequence(values) -> tuple:
+    """`values` as a tuple (a string is one value), or () if it is not a sequence."""
+    try:
+        return (values,) if isinstance(values, str) else tuple(values)
+    except TypeError:
+        return ()
+
+
+def _choices(name: str, values, allowed) -> tuple:
+    """`values`, one or more of `allowed`; a ValueError naming `name` otherwise."""
+    chosen = _sequence(values)
+    if not chosen or any(v not in allowed for v in chosen):
+        raise ValueError(f"{name} must be one or more of {', '.join(map(repr, allowed))}, "
+                         f"got {values!r}")
+    return chosen
+
+
+def _float_dtype(name: str, dtype) -> np.dtype:
+    """`dtype` as a floating dtype (bfloat16 included); a TypeError naming `name` otherwise
+    (pooling inputs and logits are floats)."""
+    try:
+        out = jnp.dtype(dtype)
+    except TypeError:
+        out = None
+    if out is None or not jnp.issubdtype(out, jnp.floating):
+        raise TypeError(f"{name}: expected a floating dtype (pooling inputs and logits are "
+                        f"floats), got {dtype!r}")
+    return out
+
+
+def _float_dtypes(name: str, dtypes) -> tuple[np.dtype, ...]:
+    """One or more floating dtypes; a TypeError naming `name` otherwise."""
+    out = tuple(_float_dtype(name, d) for d in _sequence(dtypes))
+    if not out:
+        raise ValueError(f"{name} must be one or more floating dtypes, got {dtypes!r}")
+    return out
+
+
+def input_shapes(spatial_ndim: int | None = None, *, max_batch_dims: int = 2,
+                 max_size: int = 8, max_features: int = 4):
     """`(*batch, *spatial, features)`: up to `max_batch_dims` batch dims of 1-2,
     `spatial_ndim` (default 1-3) dims of 1 to `max_size`, 1 to `max_features` features."""
+    if spatial_ndim is not None:
+        positive_int("spatial_ndim", spatial_ndim)
+    if isinstance(max_batch_dims, bool) or not isinstance(max_batch_dims, numbers.Integral) or (
+            max_batch_dims < 0):
+        raise ValueError(f"max_batch_dims must be a non-negative int, got {max_batch_dims!r}")
+    return _input_shapes(spatial_ndim, max_batch_dims, positive_int("max_size", max_size),
+                         positive_int("max_features", max_features))
+
+
+@st.composite
+def _input_shapes(draw, spatial_ndim, max_batch_dims, max_size, max_features):
     n = draw(st.integers(1, 3)) if spatial_ndim is None else spatial_ndim
     batch = draw(st.lists(st.integers(1, 2), max_size=max_batch_dims))
     spatial = draw(st.lists(st.integers(1, max_size), min_size=n, max_size=n))
@@ -97,26 +152,46 @@ def _invalid_dim(draw, size):
     return size + lo + hi + draw(st.integers(1, 2)), 1, (lo, hi)  # larger than padded input
 
 
-@st.composite
-def window_geometries(draw, input_shape=None, *, spatial_ndim: int | None = None,
+def window_geometries(input_shape=None, *, spatial_ndim: int | None = None,
                       max_window: int = 4, max_stride: int | None = None,
-                      paddings=PADDINGS, ceil_mode: bool | None = None,
-                      valid: bool = True) -> Geometry:
+                      paddings=PADDINGS, ceil_mode: bool | None = None, valid: bool = True):
     """A `Geometry` for `input_shape` (default: drawn by `input_shapes(spatial_ndim)`),
     whose spatial dims are the `spatial_ndim` (default `len(input_shape) - 2`, at least
     1) before the last. Windows 1 to `max_window`, strides 1 to `max_stride` (default
     `max_window`), padding of a kind in `paddings` ("VALID", "SAME", "pairs"),
     `ceil_mode` drawn unless given. With `valid=False`, explicit padding under which
     pooling must raise ValueError (a window of padding only, or none at all)."""
+    n = None if spatial_ndim is None else positive_int("spatial_ndim", spatial_ndim)
+    if input_shape is not None:
+        input_shape = positive_ints("input_shape", input_shape)
+        n = _spatial_ndim(input_shape, n)
+    max_window = positive_int("max_window", max_window)
+    max_stride = max_window if max_stride is None else positive_int("max_stride", max_stride)
+    ceil_mode = None if ceil_mode is None else flag("ceil_mode", ceil_mode)
+    return _window_geometries(input_shape, n, max_window, max_stride,
+                              _choices("paddings", paddings, PADDINGS), ceil_mode,
+                              flag("valid", valid))
+
+
+def _spatial_ndim(input_shape: tuple[int, ...], spatial_ndim: int | None) -> int:
+    """The number of spatial dims of `input_shape`: `spatial_ndim`, by default its rank
+    less 2 (at least 1); a ValueError unless a features dim follows them."""
+    n = max(1, len(input_shape) - 2) if spatial_ndim is None else spatial_ndim
+    if len(input_shape) < n + 1:
+        raise ValueError(f"input_shape {input_shape} is too short for spatial_ndim={n}: "
+                         f"expected rank >= {n + 1}, (*batch, {n} spatial dims, features)")
+    return n
+
+
+@st.composite
+def _window_geometries(draw, input_shape, n, max_window, max_stride, paddings, ceil_mode,
+                       valid) -> Geometry:
     if input_shape is None:
-        spatial_ndim = spatial_ndim or draw(st.integers(1, 3))
-        input_shape = draw(input_shapes(spatial_ndim))
-    input_shape = tuple(input_shape)
-    n = spatial_ndim or max(1, len(input_shape) - 2)
+        n = draw(st.integers(1, 3)) if n is None else n
+        input_shape = draw(input_shapes(n))
     spatial = input_shape[len(input_shape) - n - 1:-1]
     kind = draw(st.sampled_from(paddings)) if valid else "pairs"
-    dims = [_valid_dim(draw, size, kind, max_window, max_stride or max_window)
-            for size in spatial]
+    dims = [_valid_dim(draw, size, kind, max_window, max_stride) for size in spatial]
     if not valid:
         axis = draw(st.integers(0, n - 1))
         dims[axis] = _invalid_dim(draw, spatial[axis])
@@ -130,12 +205,12 @@ def _uniform(shape, dtype, seed) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, shape).astype(jnp.dtype(dtype))
 
 
-@st.composite
-def inputs(draw, shape=None, *, dtypes=FLOAT_DTYPES) -> np.ndarray:
-    """An array of `shape` (default: `input_shapes()`), uniform in [-1, 1), of a dtype in
-    `dtypes` (names or NumPy/JAX dtypes; bfloat16 is `jnp.bfloat16`)."""
-    shape = draw(input_shapes()) if shape is None else tuple(shape)
-    return _uniform(shape, draw(st.sampled_from(dtypes)), draw(st.integers(0, 2 ** 32 - 1)))
+def inputs(shape=None, *, dtypes=FLOAT_DTYPES):
+    """An array of `shape` (default: `input_shapes()`), uniform in [-1, 1), of a floating
+    dtype in `dtypes` (names or NumPy/JAX dtypes; bfloat16 is `jnp.bfloat16`)."""
+    shapes = input_shapes() if shape is None else st.just(positive_ints("shape", shape))
+    return st.builds(_uniform, shapes, st.sampled_from(_float_dtypes("dtypes", dtypes)),
+                     st.integers(0, 2 ** 32 - 1))
 
 
 class LogitSpec(NamedTuple):
@@ -172,29 +247,73 @@ class LogitSpec(NamedTuple):
                 f"{f'exp({values})' if self.exp else values}, seed {self.seed}")
 
 
+def _groups(c: int) -> list[int]:
+    """The group counts of grouped logits for `c` features: divisors in 2 .. c - 1."""
+    return [g for g in range(2, c) if c % g == 0]
+
+
+def _fitting_layouts(c: int, layouts) -> list[str]:
+    """The `layouts` that logits for `c` features can take ("grouped" needs groups)."""
+    return [x for x in layouts if x != "grouped" or _groups(c)]
+
+
 def _logit_shape(draw, shape, layouts) -> tuple[tuple[int, ...], str]:
     c = shape[-1]
-    groups = [g for g in range(2, c) if c % g == 0]
-    layout = draw(st.sampled_from([x for x in layouts if x != "grouped" or groups]))
+    groups = _groups(c)
+    fitting = _fitting_layouts(c, layouts)
+    assume(fitting)  # a drawn shape whose features no layout fits
+    layout = draw(st.sampled_from(fitting))
     return {"feature": shape, "shared": (*shape[:-1], 1), "channel": (c,),
             "grouped": (*shape[:-1], draw(st.sampled_from(groups or [c])))}[layout], layout
 
 
+def _scales(spreads, offsets, dtype) -> dict:
+    """`{spread: offsets}`: the `spreads` and `offsets` that `dtype` holds together
+    (`|offset| + 8 spread` below its max / 16); a ValueError if none."""
+    top = float(jnp.finfo(dtype).max) / 16
+    scales = {s: [o for o in offsets if abs(o) + 8 * s < top] for s in spreads if 8 * s < top}
+    scales = {s: fitting for s, fitting in scales.items() if fitting}
+    if not scales:
+        raise ValueError(f"spreads={spreads!r} with offsets={offsets!r}: none fits {dtype.name} "
+                         f"logits; expected |offset| + 8 * spread < {top:.3g}")
+    return scales
+
+
+def _logit_arguments(*, dtype="float32", layouts=LAYOUTS, integer: bool | None = None,
+                     spreads=SPREADS, offsets=OFFSETS, exp: bool = False) -> dict:
+    """`logits()`'s keyword arguments (and `exp`), checked, as `_logit_specs` takes them."""
+    dtype = _float_dtype("dtype", dtype)
+    if integer is not None:
+        flag("integer", integer)
+    return dict(dtype=dtype.name, layouts=_choices("layouts", layouts, LAYOUTS), integer=integer,
+                scales=None if integer else _scales(spreads, offsets, dtype),
+                exp=flag("exp", exp))
+
+
+def logit_specs(shape=None, **kwargs):
+    """The `LogitSpec` of a `logits()` (or with `exp=True`, `weights()`) draw; `kwargs`
+    as `logits()` takes them."""
+    arguments = _logit_arguments(**kwargs)
+    if shape is not None:
+        shape = positive_ints("shape", shape)
+        if not _fitting_layouts(shape[-1], arguments["layouts"]):
+            raise ValueError(f"layouts={arguments['layouts']!r} fit no logits for inputs of "
+                             f"shape {shape}: grouped logits need G groups, 1 < G < C, "
+                             f"dividing the C = {shape[-1]} features")
+    return _logit_specs(shape, **arguments)
+
+
 @st.composite
-def logit_specs(draw, shape=None, *, dtype="float32", layouts=LAYOUTS,
-                integer: bool | None = None, spreads=SPREADS, offsets=OFFSETS,
-                exp: bool = False) -> LogitSpec:
-    """The `LogitSpec` of a `logits()` (or with `exp`, `weights()`) draw."""
-    shape = draw(input_shapes()) if shape is None else tuple(shape)
+def _logit_specs(draw, shape, dtype, layouts, integer, scales, exp) -> LogitSpec:
+    shape = draw(input_shapes()) if shape is None else shape
     logit_shape, layout = _logit_shape(draw, shape, layouts)
     if integer if integer is not None else draw(st.integers(0, 5)) == 5:
         spread, offset, dtype = (draw(st.sampled_from(INTEGER_SPREADS)),
                                  draw(st.sampled_from(INTEGER_OFFSETS)), "int32")
     else:
-        top = float(jnp.finfo(jnp.dtype(dtype)).max) / 16
-        spread = draw(st.sampled_from([s for s in spreads if 8 * s < top]))
-        offset = draw(st.sampled_from([o for o in offsets if abs(o) + 8 * spread < top]))
-    return LogitSpec(logit_shape, layout, spread, offset, jnp.dtype(dtype).name,
+        spread = draw(st.sampled_from(list(scales)))
+        offset = draw(st.sampled_from(scales[spread]))
+    return LogitSpec(logit_shape, layout, spread, offset, dtype,
                      draw(st.integers(0, 2 ** 32 - 1)), exp)
 
 
@@ -203,7 +322,8 @@ def logits(shape=None, **kwargs):
     `(..., 1)`, grouped `(..., G)` or per channel `(C,)` (`layouts=`), `offset + spread *
     normal` in `dtype` (default float32), spreads in `SPREADS` up to 1e6 and offsets in
     `OFFSETS` up to 1e12 (those the dtype holds), integers (int32) one draw in six
-    unless `integer=` says."""
+    unless `integer=` says. Refuses layouts the shape cannot take and spreads and
+    offsets the dtype cannot hold."""
     return logit_specs(shape, **kwargs).map(LogitSpec.make)
 
 
@@ -211,7 +331,13 @@ WEIGHT_SPREADS = (0.0, 1.0, 5.0)
 WEIGHT_OFFSETS = (0.0, -5.0, 5.0)
 
 
-def _weight_kwargs(kwargs):
+def _weight_kwargs(kwargs) -> dict:
+    """`logit_specs` arguments for weights: `kwargs` over the weight defaults; a TypeError
+    for `integer` or `exp`, which weights (exp of float logits) fix."""
+    for name in ("integer", "exp"):
+        if name in kwargs:
+            raise TypeError(f"weights take no {name}= (they are exp of float logits, never "
+                            f"integer), got {name}={kwargs[name]!r}")
     return dict(spreads=WEIGHT_SPREADS, offsets=WEIGHT_OFFSETS) | kwargs | dict(integer=False,
                                                                                  exp=True)
 
@@ -219,7 +345,7 @@ def _weight_kwargs(kwargs):
 def weights(shape=None, **kwargs):
     """Positive LAN weights for inputs of `shape`: `exp(logits)`, logits as `logits()`
     draws them but with spreads `WEIGHT_SPREADS` and offsets `WEIGHT_OFFSETS`, clipped
-    to [-20, 20] (less where the dtype needs), never integer."""
+    to [-20, 20] (less where the dtype needs), never integer (`integer=` is refused)."""
     return logit_specs(shape, **_weight_kwargs(kwargs)).map(LogitSpec.make)
 
 
@@ -243,18 +369,35 @@ class Example(NamedTuple):
     __repr__ = __str__  # what hypothesis prints for a falsifying example
 
 
-@st.composite
-def pool_examples(draw, *, with_logits: bool = True, with_weights: bool = False,
-                  dtypes=FLOAT_DTYPES, geometries=None, **logit_kwargs) -> Example:
-    """An `Example`: a geometry (default `window_geometries()`), inputs of a dtype in
-    `dtypes` and, `with_logits`, logits in the inputs' dtype (as `logits()`, with
+def pool_examples(*, with_logits: bool = True, with_weights: bool = False,
+                  dtypes=FLOAT_DTYPES, geometries=None, **logit_kwargs):
+    """An `Example`: a geometry (default `window_geometries()`), inputs of a floating dtype
+    in `dtypes` and, `with_logits`, logits in the inputs' dtype (as `logits()`, with
     `logit_kwargs`), or `with_weights` positive weights (as `weights()`)."""
-    geometry = draw(window_geometries() if geometries is None else geometries)
+    dtypes = _float_dtypes("dtypes", dtypes)
+    if geometries is None:
+        geometries = window_geometries()
+    elif not isinstance(geometries, st.SearchStrategy):
+        raise TypeError(f"geometries must be a strategy of Geometry (window_geometries()), "
+                        f"got {geometries!r}")
+    with_logits, with_weights = flag("with_logits", with_logits), flag("with_weights", with_weights)
+    if with_weights:
+        logit_kwargs = _weight_kwargs(logit_kwargs)
+    elif not with_logits and logit_kwargs:
+        raise TypeError(f"pool_examples without logits or weights takes no logit arguments, "
+                        f"got {sorted(logit_kwargs)}")
+    arguments = ({d: _logit_arguments(dtype=d, **logit_kwargs) for d in dtypes}
+                 if with_logits or with_weights else None)
+    return _pool_examples(geometries, dtypes, arguments)
+
+
+@st.composite
+def _pool_examples(draw, geometries, dtypes, logit_arguments) -> Example:
+    """`logit_arguments`: each dtype's `_logit_specs` arguments, or None for no logits."""
+    geometry = draw(geometries)
     dtype = draw(st.sampled_from(dtypes))
     seed = draw(st.integers(0, 2 ** 32 - 1))
     x = _uniform(geometry.input_shape, dtype, seed)
-    if with_weights:
-        logit_kwargs = _weight_kwargs(logit_kwargs)
-    spec = (draw(logit_specs(geometry.input_shape, dtype=dtype, **logit_kwargs))
-            if with_logits or with_weights else None)
+    spec = (draw(_logit_specs(geometry.input_shape, **logit_arguments[dtype]))
+            if logit_arguments else None)
     return Example(x, spec.make() if spec else None, geometry, seed, spec)
