@@ -30,6 +30,9 @@ def write(directory) -> None:
     """Records the checksum of every file under `directory` in `directory/checksums.json`
     (written whole or not at all)."""
     directory = epath.Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"cannot write the checksums of {directory}: no such "
+                                "directory")
     sums = {name: _sha256(path) for name, path in sorted(_files(directory).items())}
     partial = directory / (FILE + ".tmp")
     partial.write_text(json.dumps(sums, indent=0))
@@ -42,8 +45,12 @@ def written(directory) -> bool:
 
 def mismatch(directory) -> str | None:
     """What differs between the files under `directory` and its checksums.json (None if
-    nothing), e.g. "default/d/3f2a has other bytes"."""
+    nothing), e.g. "default/d/3f2a has other bytes" or "checksums.json is missing"."""
     directory = epath.Path(directory)
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    if not written(directory):
+        return f"{FILE} is missing"
     try:
         sums = json.loads((directory / FILE).read_text())
         assert isinstance(sums, dict)

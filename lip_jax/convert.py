@@ -30,6 +30,11 @@ class Entry(NamedTuple):
     path: Path
     kind: str  # "conv", "linear" or "vector"
 
+    @property
+    def flax_path(self) -> Path:
+        """(collection, *path), as `flat_variables` keys a variables tree."""
+        return (self.collection,) + self.path
+
 
 class CheckpointError(ValueError):
     """A state_dict that does not fit the model; the message names every bad key."""
@@ -152,13 +157,37 @@ def abstract_variables(model):
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
 
 
-def _lookup(tree, collection, path):
-    node = tree.get(collection, {})
-    for name in path:
-        node = node.get(name) if isinstance(node, Mapping) else None
-        if node is None:
-            return None
-    return node
+def flat_variables(tree, prefix: Path = ()) -> dict[Path, object]:
+    """{(collection, *path): leaf} of a variables tree of nested mappings (keys as str)."""
+    if not isinstance(tree, Mapping):
+        return {prefix: tree}
+    return {path: leaf for name, node in tree.items()
+            for path, leaf in flat_variables(node, prefix + (str(name),)).items()}
+
+
+def _few(items: list[str], shown=5) -> str:
+    """The first `shown` items, with a count of the others."""
+    more = f" (and {len(items) - shown} more)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def model_layout(name: str, **model_kw) -> tuple[list[Entry], dict[Path, object]]:
+    """The key table of `create_model(name, **model_kw)` and its abstract variables
+    ({(collection, *path): ShapeDtypeStruct}). Raises `CheckpointError` when they differ:
+    variables without a PyTorch key (e.g. `global_pool="lip"`) or keys without a variable
+    (e.g. `features_only=True` has no `fc`)."""
+    model = create_model(name, **model_kw)
+    table = key_table(model)
+    expected = flat_variables(abstract_variables(model))
+    mapped = {entry.flax_path for entry in table}
+    unmapped = ["/".join(path) for path in expected if path not in mapped]
+    absent = [entry.torch_key for entry in table if entry.flax_path not in expected]
+    if unmapped or absent:
+        gaps = [f"{len(items)} {what}: {_few(items)}" for what, items in (
+            ("variables without a key", unmapped), ("keys without a variable", absent)) if items]
+        raise CheckpointError(f"no PyTorch layout for {name} with {model_kw}: "
+                              + "; ".join(gaps))
+    return table, expected
 
 
 def read_checkpoint(path) -> object:
@@ -169,13 +198,15 @@ def read_checkpoint(path) -> object:
     if not path.endswith((".pth", ".pt", ".pth.tar", ".npz", ".safetensors")):
         raise CheckpointError(f"{path}: expected a .pth, .pt, .pth.tar, .npz or .safetensors "
                               "file")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, expected a checkpoint file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
+    kind = path.rsplit(".", 1)[-1] if not path.endswith(".pth.tar") else "pth.tar"
     try:
-        if path.endswith(".npz"):
-            with np.load(path) as f:
-                return dict(f)
-        if path.endswith(".safetensors"):
+        if kind == "npz":
+            return _read_npz(path)
+        if kind == "safetensors":
             from safetensors.flax import load_file  # numpy has no bfloat16
             return load_file(path)
         import torch
@@ -183,10 +214,33 @@ def read_checkpoint(path) -> object:
     except ImportError:
         raise
     except Exception as error:  # not a checkpoint of its kind, truncated, or unsafe
-        kind = path.rsplit(".", 1)[-1] if not path.endswith(".pth.tar") else "pth.tar"
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"{path} is not a .{kind} checkpoint that loads (without "
-                              f"running code): {first}") from None
+                              f"running code): {_load_problem(path, kind, error)}") from None
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` file; a member that is not a `.npy` array raises."""
+    with np.load(path) as f:
+        arrays = dict(f)
+    bad = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if bad:
+        raise ValueError(f"{len(bad)} of its {len(arrays)} members are not .npy arrays, "
+                         f"e.g. {bad[0]!r}")
+    return arrays
+
+
+def _load_problem(path: str, kind: str, error: Exception) -> str:
+    """Why a checkpoint did not load, in words: what its first bytes are not, or the first
+    line of the loader's error."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if kind in ("pth", "pt", "pth.tar") and not head.startswith((b"PK\x03\x04", b"\x80")):
+        return "neither a zip archive nor a pickle, as torch.save writes"
+    if kind == "npz" and not head.startswith(b"PK\x03\x04"):
+        return "not a zip archive of .npy arrays, as numpy.savez writes"
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def official_state_dict(checkpoint) -> dict:
@@ -211,12 +265,18 @@ def official_state_dict(checkpoint) -> dict:
     return dict(checkpoint)
 
 
-def _as_numpy(key: str, value) -> np.ndarray:
-    """A float array; non-float or non-finite values raise `CheckpointError` naming `key`."""
-    if str(getattr(value, "dtype", "")) == "torch.bfloat16":
-        value = value.float()  # exact; numpy has no bfloat16
+_NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
+
+
+def finite_floats(key: str, value) -> np.ndarray:
+    """`value` (a numpy, jax or dense torch array) as a numpy float array; a value that is
+    not one, of a non-float dtype or with NaN/inf raises `CheckpointError` naming `key`.
+    Float dtypes numpy lacks (torch's bfloat16) are widened to float32, exactly."""
+    if isinstance(value, jax.ShapeDtypeStruct):
+        raise CheckpointError(f"key {key} is a jax.ShapeDtypeStruct (a shape without "
+                              "values), expected an array")
     if hasattr(value, "detach"):  # a torch tensor; torch itself is not imported here
-        value = value.detach().cpu().numpy()
+        value = _torch_numpy(key, value)
     value = np.asarray(value)
     if not jnp.issubdtype(value.dtype, jnp.floating):
         raise CheckpointError(f"key {key} has dtype {value.dtype.name}, expected a "
@@ -224,6 +284,28 @@ def _as_numpy(key: str, value) -> np.ndarray:
     if not np.isfinite(value).all():
         raise CheckpointError(f"key {key} holds {np.count_nonzero(~np.isfinite(value))} "
                               "NaN or infinite values")
+    return value
+
+
+def _torch_numpy(key: str, tensor) -> np.ndarray:
+    """A dense torch tensor's values; meta (shape-only) and sparse tensors raise."""
+    if tensor.is_meta:
+        raise CheckpointError(f"key {key} is a meta tensor (a shape without values), "
+                              "expected one with values")
+    if str(tensor.layout) != "torch.strided":
+        raise CheckpointError(f"key {key} is a {tensor.layout} tensor, expected a dense "
+                              "(torch.strided) one")
+    if tensor.is_floating_point() and str(tensor.dtype) not in _NUMPY_FLOATS:
+        tensor = tensor.float()  # exact; numpy has no bfloat16 or float8
+    return tensor.detach().cpu().numpy()
+
+
+def _checked(key: str, entry: Entry, value) -> np.ndarray:
+    """`finite_floats(key, value)`, also refusing negative BatchNorm variances."""
+    value = finite_floats(key, value)
+    if entry.torch_key.endswith("running_var") and (value < 0).any():
+        raise CheckpointError(f"key {key} holds {np.count_nonzero(value < 0)} negative "
+                              "values; a variance is >= 0")
     return value
 
 
@@ -236,17 +318,21 @@ def _prefix_hint(unexpected: list[str], known: set[str]) -> str:
     return ""
 
 
-def _mismatch_report(name, missing, unexpected, misshaped, known, shown=5) -> str:
+def _mismatch_report(subject, missing, unexpected, misshaped, known) -> str:
     """A few keys of each kind of problem, with counts, and a prefix hint."""
-    lines = [f"state_dict does not fit {name}:"]
+    lines = [f"{subject}:"]
     for kind, items in (("missing key", missing), ("unexpected key", unexpected),
                         ("mis-shaped key", misshaped)):
         if items:
-            more = f" (and {len(items) - shown} more)" if len(items) > shown else ""
-            lines.append(f"  {len(items)} {kind}{'s' * (len(items) > 1)}: "
-                         + ", ".join(items[:shown]) + more)
+            lines.append(f"  {len(items)} {kind}{'s' * (len(items) > 1)}: {_few(items)}")
     hint = _prefix_hint(unexpected, known)
     return "\n".join(lines + ([f"  {hint}"] if hint else []))
+
+
+def _set(tree: dict, path: Path, value) -> None:
+    for name in path[:-1]:
+        tree = tree.setdefault(name, {})
+    tree[path[-1]] = value
 
 
 def from_torch_state_dict(name: str, state_dict, **model_kw) -> dict:
@@ -255,49 +341,73 @@ def from_torch_state_dict(name: str, state_dict, **model_kw) -> dict:
     `state_dict` may also be a checkpoint dict holding it under `"state_dict"`, and its
     keys may carry DistributedDataParallel's `module.` prefix (`official_state_dict`).
     Returns `{"params": ..., "batch_stats": ...}` of numpy arrays in the model's param
-    dtype. Strict: raises `CheckpointError` naming missing, unexpected and mis-shaped
-    keys (a few of each, with counts), non-float dtypes and NaN/inf values.
+    dtype: every variable of the model (`model_layout`). Strict: raises `CheckpointError`
+    naming missing, unexpected and mis-shaped keys (a few of each, with counts), non-float
+    dtypes, NaN/inf values and negative running variances.
     `model_kw` go to `create_model` (e.g. `num_classes`).
     """
     given = {k: v for k, v in official_state_dict(state_dict).items()
              if not k.endswith("num_batches_tracked")}
-    model = create_model(name, **model_kw)
-    table = key_table(model)
-    expected = abstract_variables(model)
+    table, expected = model_layout(name, **model_kw)
     known = {e.torch_key for e in table}
     missing = [e.torch_key for e in table if e.torch_key not in given]
     unexpected = [k for k in given if k not in known]
     misshaped = []
-    variables = {"params": {}, "batch_stats": {}}
+    variables = {}
     for entry in table:
         if entry.torch_key not in given:
             continue
-        target = _lookup(expected, entry.collection, entry.path)
-        value = _as_numpy(entry.torch_key, given[entry.torch_key])
+        target = expected[entry.flax_path]
+        value = _checked(entry.torch_key, entry, given[entry.torch_key])
         expected_shape = _torch_shape(entry.kind, target.shape)
         if list(value.shape) != expected_shape:
             misshaped.append(f"{entry.torch_key} {list(value.shape)} (expected "
                              f"{expected_shape})")
             continue
-        node = variables[entry.collection]
-        for part in entry.path[:-1]:
-            node = node.setdefault(part, {})
-        node[entry.path[-1]] = _to_flax(entry.kind, value).astype(target.dtype)
+        _set(variables, entry.flax_path, _to_flax(entry.kind, value).astype(target.dtype))
     if missing or unexpected or misshaped:
-        raise CheckpointError(_mismatch_report(name, missing, unexpected, misshaped, known))
+        raise CheckpointError(_mismatch_report(f"state_dict does not fit {name}", missing,
+                                               unexpected, misshaped, known))
     return variables
 
 
 def to_torch_state_dict(name: str, variables: Mapping, **model_kw) -> dict[str, np.ndarray]:
-    """Flax variables -> dict of numpy arrays in the PyTorch layout, in table order."""
-    model = create_model(name, **model_kw)
+    """Flax variables (`{"params": ..., "batch_stats": ...}` of arrays) -> dict of numpy
+    arrays in the PyTorch layout, in table order, each in its own dtype but those torch
+    lacks (bfloat16, float8: widened to float32, exactly). Strict as
+    `from_torch_state_dict`: raises `CheckpointError` naming missing, unexpected and
+    mis-shaped variables (`params/fc/kernel`) of `create_model(name, **model_kw)`,
+    non-float dtypes, NaN/inf values and negative running variances."""
+    if not isinstance(variables, Mapping):
+        raise TypeError('variables must be a mapping {"params": ..., "batch_stats": ...}, '
+                        f"got a {type(variables).__name__}")
+    table, expected = model_layout(name, **model_kw)
+    given = flat_variables(variables)
+    missing = ["/".join(e.flax_path) for e in table if e.flax_path not in given]
+    unexpected = ["/".join(path) for path in given if path not in expected]
+    misshaped = []
     out = {}
-    for entry in key_table(model):
-        value = _lookup(variables, entry.collection, entry.path)
-        if value is None:
-            raise CheckpointError(f"variables lack {entry.collection}/{'/'.join(entry.path)} "
-                                  f"(for {entry.torch_key})")
-        out[entry.torch_key] = _to_torch(entry.kind, np.asarray(value))
+    for entry in table:
+        if entry.flax_path not in given:
+            continue
+        path = "/".join(entry.flax_path)
+        value = _checked(path, entry, given[entry.flax_path])
+        target = expected[entry.flax_path].shape
+        if value.shape != target:
+            misshaped.append(f"{path} {list(value.shape)} (expected {list(target)})")
+            continue
+        out[entry.torch_key] = _to_torch(entry.kind, _torch_dtype(value))
         if entry.torch_key.endswith("running_var"):
             out[entry.torch_key[:-len("running_var")] + "num_batches_tracked"] = np.array(0)
+    if missing or unexpected or misshaped:
+        raise CheckpointError(_mismatch_report(f"variables do not fit {name}", missing,
+                                               unexpected, misshaped, set()))
     return out
+
+
+def _torch_dtype(value: np.ndarray) -> np.ndarray:
+    """`value` in a dtype torch shares with numpy: float16/32/64 as they are, others
+    (bfloat16, float8) as float32, exactly."""
+    if value.dtype in (np.float16, np.float32, np.float64):
+        return value
+    return value.astype(np.float32)

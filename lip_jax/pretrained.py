@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lip_jax import checksums
+from lip_jax.convert import finite_floats
 
 KEYS = ("params", "batch_stats")
 
@@ -31,24 +32,31 @@ def converted_model(directory) -> str | None:
     if not path.is_file():
         return None
     try:
-        return str(json.loads(path.read_text())["model"])
+        model = json.loads(path.read_text())["model"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise ValueError(f"{path} is not a model.json written by `lip-jax convert`") from None
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"{path} names the model {model!r}, expected a model name such as "
+                         "'lip_resnet50'")
+    return model
 
 
 def load_variables(directory, model: str | None = None) -> dict:
     """`{"params", "batch_stats"}` as NumPy arrays from `save_variables` output, after
-    checking their checksums. With `model`, checks that they belong to it."""
+    checking their checksums. With `model`, checks that they belong to it. Weights
+    without `variables/checksums.json` are refused as damaged: `save_variables` writes it
+    before model.json, so only a change after saving, or a conversion by a lip-jax older
+    than checksums, lacks it (converting again writes it)."""
     directory = Path(directory).absolute()
     saved = converted_model(directory)
     if saved is None:
         raise FileNotFoundError(f"{directory} holds no converted weights (model.json)")
     if model is not None and saved != model:
         raise ValueError(f"{directory} holds weights of {saved!r}, not {model!r}")
-    if checksums.written(directory / "variables"):
-        problem = checksums.mismatch(directory / "variables")
-        if problem:
-            raise ValueError(f"weights in {directory} are damaged: {problem}")
+    problem = checksums.mismatch(directory / "variables")
+    if problem:
+        raise ValueError(f"weights in {directory / 'variables'} are damaged: {problem} "
+                         "(`lip-jax convert` writes them again)")
     try:
         return read_variables(directory / "variables")
     except Exception as error:  # truncated or foreign files
@@ -80,11 +88,12 @@ def classifier_paths(module, input_shape) -> set[str]:
 
 def fit_variables(loaded: dict, fresh: dict, replaceable: set[str],
                   source) -> tuple[dict, list[str]]:
-    """`loaded` where its shapes match `fresh`, `fresh` where they differ in a path of
-    `replaceable` (such as the classifier for another num_classes); returns the variables
-    and the replaced paths. Raises ValueError with the count of all other missing,
-    unexpected or mis-shaped variables, naming the first five."""
-    loaded_leaves, fresh_leaves = dict(_leaves(loaded)), dict(_leaves(fresh))
+    """`loaded` where its shapes match `fresh`, cast to `fresh`'s dtypes; `fresh` where they
+    differ in a path of `replaceable` (such as the classifier for another num_classes);
+    returns the variables and the replaced paths. A loaded value that is not a finite real
+    float array raises `CheckpointError` (`float_leaves`); any other missing, unexpected or
+    mis-shaped variables a ValueError with their count, naming the first five."""
+    loaded_leaves, fresh_leaves = float_leaves(loaded, source), dict(_leaves(fresh))
     replaced = [p for p, v in fresh_leaves.items()
                 if p in loaded_leaves and np.shape(loaded_leaves[p]) != np.shape(v)]
     problems = ([f"{p}: missing" for p in fresh_leaves.keys() - loaded_leaves.keys()]
@@ -94,8 +103,16 @@ def fit_variables(loaded: dict, fresh: dict, replaceable: set[str],
     if problems:
         raise ValueError(f"weights in {source} do not fit the model ({len(problems)} "
                          f"variables): {'; '.join(sorted(problems)[:5])}")
-    leaves = [v if p in replaced else loaded_leaves[p] for p, v in fresh_leaves.items()]
+    leaves = [v if p in replaced else loaded_leaves[p].astype(v.dtype)
+              for p, v in fresh_leaves.items()]
     return jax.tree.unflatten(jax.tree.structure(fresh), leaves), replaced
+
+
+def float_leaves(tree, source) -> dict[str, np.ndarray]:
+    """{path (`jax.tree_util.keystr`): leaf as a NumPy array} of `tree`, every leaf checked
+    first: one that is not a finite real float array (`lip_jax.convert.finite_floats`)
+    raises `CheckpointError` naming its path and `source`."""
+    return {path: finite_floats(f"{path} of {source}", value) for path, value in _leaves(tree)}
 
 
 def _leaves(tree) -> list:

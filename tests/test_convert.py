@@ -161,12 +161,87 @@ def tiny_lip_resnet_sd():
      "key bn1.running_var holds 8 NaN or infinite values"),
     (lambda sd: sd["fc.weight"].__setitem__((0, 0), np.inf),
      "key fc.weight holds 1 NaN or infinite values"),
+    (lambda sd: sd["bn1.running_var"].__setitem__(0, -1.0),
+     "key bn1.running_var holds 1 negative values; a variance is >= 0"),
+    (lambda sd: sd.__setitem__("fc.bias", torch.empty(10, device="meta")),
+     r"key fc.bias is a meta tensor \(a shape without values\)"),
+    (lambda sd: sd.__setitem__("fc.bias", torch.zeros(10).to_sparse()),
+     "key fc.bias is a torch.sparse_coo tensor, expected a dense"),
 ])
 def test_bad_checkpoints_name_the_key(tiny_lip_resnet_sd, edit, message):
     sd = {k: v.copy() for k, v in tiny_lip_resnet_sd.items()}
     edit(sd)
     with pytest.raises(convert.CheckpointError, match=message):
         convert.from_torch_state_dict("lip_resnet50", sd, **TINY_KW["lip_resnet50"])
+
+
+@pytest.mark.parametrize("override, gap", [
+    (dict(global_pool="lip"), "3 variables without a key: params/global_pool/logit/conv/kernel"),
+    (dict(features_only=True), "2 keys without a variable: fc.weight, fc.bias"),
+])
+def test_overrides_without_a_pytorch_layout_are_named(tiny_lip_resnet_sd, override, gap):
+    """The table must map every variable of the model as built, and nothing else."""
+    with pytest.raises(convert.CheckpointError, match=f"no PyTorch layout for lip_resnet50 "
+                                                      f"with .*: {gap}"):
+        convert.from_torch_state_dict("lip_resnet50", tiny_lip_resnet_sd, **override,
+                                      **TINY_KW["lip_resnet50"])
+
+
+@pytest.fixture(scope="module")
+def tiny_lip_resnet_variables(tiny_lip_resnet_sd):
+    return convert.from_torch_state_dict("lip_resnet50", tiny_lip_resnet_sd,
+                                         **TINY_KW["lip_resnet50"])
+
+
+def _with(variables, collection, path, value):
+    """A copy of `variables` with `value` at `collection/path` (None: removed)."""
+    copy = jax.tree.map(lambda x: x, variables)
+    node = copy[collection]
+    for name in path[:-1]:
+        node = node.setdefault(name, {})
+    if value is None:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return copy
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda v: _with(v, "params", ("fc", "bias"), None), "1 missing key: params/fc/bias"),
+    (lambda v: _with(v, "params", ("ghost", "kernel"), np.zeros(3, np.float32)),
+     "1 unexpected key: params/ghost/kernel"),
+    (lambda v: _with(v, "params", ("fc", "kernel"), v["params"]["fc"]["kernel"][..., None]),
+     r"1 mis-shaped key: params/fc/kernel \[256, 10, 1\] \(expected \[256, 10\]\)"),
+    (lambda v: _with(v, "batch_stats", ("bn1", "var"), -np.ones(8, np.float32)),
+     "key batch_stats/bn1/var holds 8 negative values"),
+    (lambda v: _with(v, "params", ("fc", "bias"), np.arange(10)),
+     "key params/fc/bias has dtype int64"),
+    (lambda v: jax.eval_shape(lambda: v),
+     "key params/conv1/kernel is a jax.ShapeDtypeStruct"),
+])
+def test_to_torch_is_as_strict_as_from_torch(tiny_lip_resnet_variables, edit, message):
+    with pytest.raises(convert.CheckpointError, match=message):
+        convert.to_torch_state_dict("lip_resnet50", edit(tiny_lip_resnet_variables),
+                                    **TINY_KW["lip_resnet50"])
+
+
+def test_to_torch_checks_shapes_against_the_model_kwargs(tiny_lip_resnet_variables):
+    with pytest.raises(convert.CheckpointError, match=r"2 mis-shaped keys: params/fc/kernel "
+                                                      r"\[256, 10\] \(expected \[256, 7\]\)"):
+        convert.to_torch_state_dict("lip_resnet50", tiny_lip_resnet_variables,
+                                    **dict(TINY_KW["lip_resnet50"], num_classes=7))
+    with pytest.raises(TypeError, match="variables must be a mapping .* got a list"):
+        convert.to_torch_state_dict("lip_resnet50", [1], **TINY_KW["lip_resnet50"])
+
+
+def test_bfloat16_variables_give_float32_torch_loads(tiny_lip_resnet_variables):
+    bf16 = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), tiny_lip_resnet_variables)
+    back = convert.to_torch_state_dict("lip_resnet50", bf16, **TINY_KW["lip_resnet50"])
+    assert back["conv1.weight"].dtype == np.float32
+    np.testing.assert_array_equal(back["fc.bias"], np.asarray(bf16["params"]["fc"]["bias"],
+                                                              np.float32))
+    TINY_TORCH["lip_resnet50"]().load_state_dict(
+        {k: torch.from_numpy(v) for k, v in back.items()})
 
 
 def test_mismatch_report_is_capped_and_names_a_common_prefix(tiny_lip_resnet_sd):
@@ -232,6 +307,21 @@ def test_unreadable_files_are_named(tmp_path):
         convert.read_checkpoint(garbage)
     with pytest.raises(convert.CheckpointError, match=r"expected a .pth, .pt, .pth.tar"):
         convert.read_checkpoint(tmp_path / "weights.bin")
+
+
+def test_what_is_not_a_checkpoint_of_its_kind_is_said_in_words(tiny_lip_resnet_sd, tmp_path):
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(convert.CheckpointError, match="text.pth is not a .pth checkpoint .*: "
+                                                      "neither a zip archive nor a pickle"):
+        convert.read_checkpoint(tmp_path / "text.pth")
+    (tmp_path / "folder.pth").mkdir()
+    with pytest.raises(convert.CheckpointError, match="folder.pth is a directory, expected a "
+                                                      "checkpoint file"):
+        convert.read_checkpoint(tmp_path / "folder.pth")
+    torch.save({"fc.bias": torch.zeros(3)}, tmp_path / "torch.npz")
+    with pytest.raises(convert.CheckpointError, match=r"torch.npz is not a .npz checkpoint .*"
+                                                      r"members are not .npy arrays, e.g. "):
+        convert.read_checkpoint(tmp_path / "torch.npz")
 
 
 def test_wrong_model_name(tiny_lip_resnet_sd):

@@ -3,13 +3,14 @@ into a 10-class model re-initialises exactly the classifier and names it; any ot
 mismatch is an error that names the variable."""
 
 import logging
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lip_jax import pretrained
+from lip_jax import checksums, convert, pretrained
 from lip_jax.models import create_model
 from lip_jax.train import loop
 from lip_jax.train.trainer import load_init_from
@@ -99,6 +100,48 @@ def test_init_from_a_directory_without_weights_says_what_it_expects(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither converted weights .* nor a training "
                                                 "run"):
         load_init_from(str(tmp_path), "lip_cnn")
+
+
+def test_weights_without_checksums_are_refused(imagenet_like, tmp_path):
+    weights = shutil.copytree(imagenet_like[0], tmp_path / "weights")
+    (weights / "variables" / checksums.FILE).unlink()
+    with pytest.raises(ValueError, match=r"weights in .*variables are damaged: "
+                                         r"checksums.json is missing"):
+        pretrained.load_variables(weights)
+
+
+def test_checksums_of_a_missing_directory_are_named(tmp_path):
+    assert checksums.mismatch(tmp_path / "gone") == f"{tmp_path / 'gone'} is not a directory"
+    with pytest.raises(FileNotFoundError, match="checksums of .*gone: no such directory"):
+        checksums.write(tmp_path / "gone")
+
+
+@pytest.mark.parametrize("content", ['{"model": null}', '{"model": ["lip_cnn"]}'])
+def test_a_model_json_without_a_model_name_is_named(imagenet_like, tmp_path, content):
+    weights = shutil.copytree(imagenet_like[0], tmp_path / "weights")
+    (weights / "model.json").write_text(content)
+    with pytest.raises(ValueError, match=r"model.json names the model .*, expected a model "
+                                         "name"):
+        pretrained.load_variables(weights, "lip_cnn")
+
+
+@pytest.mark.parametrize("value, message", [
+    (np.ones(3, np.int64), r"key \['params'\]\['w'\] of src has dtype int64"),
+    (np.array([1.0, np.nan, np.inf]), r"key \['params'\]\['w'\] of src holds 2 NaN or "
+                                      "infinite values"),
+])
+def test_fit_variables_refuses_values_that_are_not_finite_floats(value, message):
+    fresh = {"params": {"w": np.zeros(3, np.float32)}}
+    with pytest.raises(convert.CheckpointError, match=message):
+        pretrained.fit_variables({"params": {"w": value}}, fresh, set(), "src")
+
+
+def test_fit_variables_casts_to_the_models_dtypes():
+    fresh = {"params": {"w": jnp.zeros(3, jnp.bfloat16)}}
+    fitted, _ = pretrained.fit_variables({"params": {"w": np.full(3, 1.5)}}, fresh, set(),
+                                         "src")
+    assert fitted["params"]["w"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(fitted["params"]["w"], np.float32), 1.5)
 
 
 def _get(tree, path):
