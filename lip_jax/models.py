@@ -100,16 +100,18 @@ def create_model(name: str, num_classes: int = 1000, *, dtype=jnp.float32, **kw)
     `lip_jax.nnx.create_model` builds the NNX model.
     """
     spec = model_spec(name)
+    if "param_dtype" in kw:
+        kw["param_dtype"] = _float_dtype(kw["param_dtype"], "param_dtype", optional=False)
     return spec.factory(num_classes=positive_int("num_classes", num_classes),
                         dtype=_float_dtype(dtype), **kw)
 
 
-def _float_dtype(dtype):
-    """`dtype`, a floating dtype (or None: Flax's, from the inputs); a TypeError naming it
-    otherwise."""
+def _float_dtype(dtype, name: str = "dtype", optional: bool = True):
+    """`dtype`, a floating dtype (or, if `optional`, None: Flax's, from the inputs); a
+    TypeError naming `name` otherwise."""
     try:
-        if dtype is None or jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        if optional if dtype is None else jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
             return dtype
     except TypeError:
         pass
-    raise TypeError(f"dtype must be a floating dtype such as jnp.bfloat16, got {dtype!r}")
+    raise TypeError(f"{name} must be a floating dtype such as jnp.bfloat16, got {dtype!r}")

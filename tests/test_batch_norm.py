@@ -7,9 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lip_jax.linen.batch_norm import BatchNorm
+from lip_jax.nnx.batch_norm import BatchNorm as NNXBatchNorm
 
 EPS, MOMENTUM = 1e-5, 0.9
 
@@ -85,6 +87,35 @@ def test_batch_not_divisible_by_the_group_size_is_named(group_size):
     with pytest.raises(ValueError, match=rf"group_size {group_size} must be >= 0 and divide "
                                          r"the batch of 12 examples"):
         _train(group_size, _variables(3), x)
+
+
+@pytest.mark.parametrize("x, group_size, match", [
+    (jnp.ones((1, 1, 1, 3)), 0, r"shape \(1, 1, 1, 3\) in train mode give 1 value per "
+     r"channel per group of 1 examples"),
+    (jnp.ones((4, 1, 1, 3)), 1, "give 1 value per channel per group of 1 examples"),
+    (jnp.ones((0, 2, 2, 3)), 0, r"an empty batch \(inputs of shape \(0, 2, 2, 3\)\)"),
+])
+def test_inputs_without_batch_statistics_are_named(x, group_size, match):
+    """One value per channel (PyTorch refuses it) pulled the running variance towards 0;
+    an empty batch raised ZeroDivisionError."""
+    with pytest.raises(ValueError, match=match):
+        _train(group_size, _variables(3), x)
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 2, 5), ()])
+def test_nnx_inputs_of_another_channel_count_or_rank_are_named(shape):
+    """They failed with a broadcasting error or an IndexError (Linen's variables are made
+    to fit the inputs, and given ones of another size are named by flax)."""
+    with pytest.raises(ValueError, match=re.escape(f"inputs of shape {shape}: expected "
+                                                   "(N, ..., 3)")):
+        NNXBatchNorm(3, rngs=nnx.Rngs(0))(jnp.ones(shape))
+
+
+@pytest.mark.parametrize("momentum", [5.0, -0.1, float("nan")])
+def test_momentum_outside_the_unit_interval_is_named(momentum):
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
+        BatchNorm(use_running_average=False, momentum=momentum).apply(
+            _variables(3), jnp.ones((4, 3)), mutable=["batch_stats"])
 
 
 def _sharded(fn):

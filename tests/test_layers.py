@@ -1,5 +1,7 @@
 """LIP layers: Linen and NNX agree, the bridges work, init and dtypes are as documented."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -150,11 +152,29 @@ def test_implementation_is_passed_to_lip_pool():
      ValueError, "width must be a positive int, got 0"),
     (lambda: L.LIP(None), lambda r: N.LIP(None), TypeError,
      r"logit must be a logit module or function \(x -> logits\), got None"),
+    (lambda: L.GlobalLIP(None), lambda r: N.GlobalLIP(None), TypeError,
+     r"logit must be a logit module or function \(x -> logits\), got None"),
+    (lambda: L.AdaptiveLIP(L.ProjectionLogit(), 2.5),
+     lambda r: N.AdaptiveLIP(N.ProjectionLogit(4, rngs=r), 2.5)(jnp.ones((1, 8, 8, 4))),
+     TypeError, "output_size must be an int or 2 ints, got 2.5"),
 ])
 def test_bad_logit_modules_are_named_in_both_front_ends(linen, nnx_module, error, match):
-    """They failed in XLA's verifier, with ZeroDivisionError or 'NoneType' object is not
-    callable; features=0 silently meant the input's."""
+    """They failed in XLA's verifier, with ZeroDivisionError, 'NoneType' object is not
+    callable or "'float' object is not iterable"; features=0 silently meant the input's."""
     with pytest.raises(error, match=match):
         linen().init(jax.random.key(0), jnp.ones((1, 8, 8, 4)))
     with pytest.raises(error, match=match):
         nnx_module(nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("module, x", [
+    (lambda r: N.LogitHead(4, kernel_size=3, spatial_ndim=3, zero_init=False, rngs=r),
+     jnp.ones((2, 8, 8, 4))),
+    (lambda r: N.BottleneckLogit(4, rngs=r), jnp.ones((1, 4, 6, 6, 4))),
+    (lambda r: N.LIP(N.ProjectionLogit(3, rngs=r)), jnp.ones((2, 8, 8, 4))),
+])
+def test_nnx_logit_modules_name_inputs_of_another_rank_or_channel_count(module, x):
+    """nnx.Conv took a batch of 2-D images for one unbatched 3-D volume (mixing images)
+    and a 3-D volume for 2-D slices; other channel counts failed inside the conv."""
+    with pytest.raises(ValueError, match=re.escape(f"inputs of shape {x.shape}: expected (N, ")):
+        module(nnx.Rngs(0))(x)

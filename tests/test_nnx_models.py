@@ -224,6 +224,42 @@ def test_mismatched_variables_are_named_and_nothing_is_loaded(edit, message):
     jax.tree.map(np.testing.assert_array_equal, N.linen_variables(model), before)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda v: v.update(batch_stats=jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), v["batch_stats"])),
+     "key batch_stats/bn0_0/mean is a jax.ShapeDtypeStruct (a shape without values)"),
+    (lambda v: v["params"]["fc"].update(bias=np.full(5, np.nan)),
+     "key params/fc/bias holds 5 NaN or infinite values"),
+    (lambda v: v["params"]["fc"].update(bias=np.ones(5, np.complex64)),
+     "key params/fc/bias has dtype complex64, expected a floating-point tensor"),
+    (lambda v: v["params"]["fc"].update(bias=np.ones(5, bool)),
+     "key params/fc/bias has dtype bool, expected a floating-point tensor"),
+])
+def test_values_that_are_not_finite_floats_are_named_and_nothing_is_loaded(edit, message):
+    """Abstract values failed after every param was already set; NaN, complex (its
+    imaginary part dropped) and bool values loaded silently."""
+    linen = models.create_model("cnn", 5, **TINY["cnn"])
+    model = N.create_model("cnn", 5, rngs=nnx.Rngs(0), **TINY["cnn"])
+    variables = random_variables(linen, images("cnn"))
+    before = N.linen_variables(model)
+    edit(variables)
+    with pytest.raises(convert.CheckpointError, match=re.escape(message)):
+        N.load_variables(model, variables)
+    jax.tree.map(np.testing.assert_array_equal, N.linen_variables(model), before)
+
+
+@pytest.mark.parametrize("kw, error, message", [
+    (dict(rngs=jax.random.key(0)), TypeError, "rngs must be an nnx.Rngs, e.g. nnx.Rngs(0)"),
+    (dict(rngs=nnx.Rngs(0), param_dtype=jnp.int32), TypeError,
+     "param_dtype must be a floating dtype"),
+])
+def test_bad_rngs_and_param_dtype_are_named(kw, error, message):
+    """A key for rngs failed in a flax initialiser ('no attribute params'), an integer
+    param_dtype in jax.random."""
+    with pytest.raises(error, match=re.escape(message)):
+        N.create_model("cnn", 5, **TINY["cnn"], **kw)
+
+
 def test_variables_that_are_not_a_mapping_are_refused():
     _, model = linen_and_nnx("cnn")
     with pytest.raises(TypeError, match="variables must be a mapping.*got a list"):

@@ -16,8 +16,11 @@ def batch_norm(x, scale, bias, mean, var, *, train: bool, group_size: int = 0,
     running statistics moved by `momentum` (0.9 = PyTorch's 0.1) towards the average over
     groups of each group's mean and *unbiased* variance. Statistics are computed in
     float32 or wider; `y` has `dtype`, or the promotion of `x` and `scale`. `where` names
-    the layer in the error for a bad `group_size`.
+    the layer in errors: inputs that are not `(N, ..., C)` with the layer's C, a
+    `momentum` outside [0, 1], a bad `group_size`, and in train mode a group holding one
+    value per channel (its unbiased variance is undefined; PyTorch refuses it too).
     """
+    _check(x, scale.shape[-1], momentum, where)
     stat_dtype = mean.dtype
     compute = jnp.promote_types(jnp.promote_types(x.dtype, stat_dtype), jnp.float32)
     xc = x.astype(compute)
@@ -28,7 +31,11 @@ def batch_norm(x, scale, bias, mean, var, *, train: bool, group_size: int = 0,
         mean = jnp.mean(xc, axes, keepdims=True)
         var = jnp.mean(jnp.square(xc - mean), axes, keepdims=True)
         count = xc[0].size // xc.shape[-1]  # per group
-        unbiased = var * (count / max(count - 1, 1))
+        if count < 2:
+            raise ValueError(f"{where}: inputs of shape {x.shape} in train mode give "
+                             f"{count} value per channel per group of {xc.shape[1]} "
+                             "examples; the batch statistics need at least 2")
+        unbiased = var * (count / (count - 1))
         over_groups = (0, *axes)
         running = (momentum * running[0] + (1 - momentum) * jnp.mean(
                        mean, over_groups).astype(stat_dtype),
@@ -39,9 +46,20 @@ def batch_norm(x, scale, bias, mean, var, *, train: bool, group_size: int = 0,
     return y.reshape(x.shape).astype(dtype or jnp.result_type(x.dtype, scale.dtype)), running
 
 
+def _check(x, features, momentum, where):
+    if x.ndim < 2 or x.shape[-1] != features:
+        raise ValueError(f"{where}: inputs of shape {x.shape}: expected (N, ..., {features})")
+    if not 0 <= momentum <= 1:
+        raise ValueError(f"{where}: momentum must be in [0, 1] (0.9 = PyTorch's 0.1), got "
+                         f"{momentum!r}")
+
+
 def _grouped(x, group_size, where):
     """`(N, ..., C) -> (N / G, G, ..., C)`; G = N when `group_size` is 0."""
     n = x.shape[0]
+    if not n:
+        raise ValueError(f"{where}: an empty batch (inputs of shape {x.shape}) has no "
+                         "statistics for train mode")
     group = group_size or n
     if group_size < 0 or n % group:
         raise ValueError(f"{where}: group_size {group_size} must be >= 0 and divide the "

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 
 from lip_jax.regions import adaptive_lip_pool, global_lip_pool, roi_lip_pool
+from lip_jax.windows import logit_module
 
 
 class GlobalLIP(nn.Module):
@@ -18,7 +19,7 @@ class GlobalLIP(nn.Module):
     logit: nn.Module
 
     def __call__(self, x):
-        return global_lip_pool(x, self.logit(x))
+        return global_lip_pool(x, logit_module(self.logit)(x))
 
 
 class AdaptiveLIP(nn.Module):
@@ -29,7 +30,7 @@ class AdaptiveLIP(nn.Module):
     output_size: int | Sequence[int]
 
     def __call__(self, x):
-        return adaptive_lip_pool(x, self.logit(x), self.output_size)
+        return adaptive_lip_pool(x, logit_module(self.logit)(x), self.output_size)
 
 
 class RoILIP(nn.Module):
@@ -43,5 +44,6 @@ class RoILIP(nn.Module):
     aligned: bool = True
 
     def __call__(self, features, boxes):
-        return roi_lip_pool(features, self.logit(features), boxes, self.output_size,
-                            self.spatial_scale, self.sampling_ratio, self.aligned)
+        return roi_lip_pool(features, logit_module(self.logit)(features), boxes,
+                            self.output_size, self.spatial_scale, self.sampling_ratio,
+                            self.aligned)

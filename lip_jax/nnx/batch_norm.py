@@ -9,6 +9,7 @@ from flax import nnx
 
 from lip_jax.blocks.batch_norm import batch_norm
 from lip_jax.defaults import NORM_EPS
+from lip_jax.windows import positive_int
 
 
 class BatchNorm(nnx.Module):
@@ -25,7 +26,7 @@ class BatchNorm(nnx.Module):
                  momentum: float = 0.9, epsilon: float = NORM_EPS, group_size: int = 0,
                  scale_init: Callable = jax.nn.initializers.ones, dtype=None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
-        shape = (num_features,)
+        shape = (positive_int("num_features", num_features),)
         stat_dtype = jnp.promote_types(param_dtype, jnp.float32)
         self.scale = nnx.Param(scale_init(rngs.params(), shape, param_dtype))
         self.bias = nnx.Param(jnp.zeros(shape, param_dtype))

@@ -22,6 +22,15 @@ def _conv(in_features, features, kernel_size, ndim, kernel_init, dtype, param_dt
                     kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
+def _check_input(module, x, in_features: int, spatial_ndim: int):
+    """A ValueError unless `x` is `(N, *spatial, in_features)` with `spatial_ndim` spatial
+    dims (nnx.Conv would take a missing batch dim for a spatial one)."""
+    if jnp.ndim(x) != spatial_ndim + 2 or jnp.shape(x)[-1] != in_features:
+        raise ValueError(f"{type(module).__name__} inputs of shape {jnp.shape(x)}: expected "
+                         f"(N, {spatial_ndim} spatial dims, {in_features}), as built "
+                         f"(in_features={in_features}, spatial_ndim={spatial_ndim})")
+
+
 def InstanceNorm(num_features, *, dtype=None, param_dtype=jnp.float32, rngs):
     """The official InstanceNorm: affine, eps 1e-5, biased variance, no running statistics."""
     return nnx.InstanceNorm(num_features, epsilon=NORM_EPS, use_fast_variance=False,
@@ -37,11 +46,14 @@ class LogitHead(nnx.Module):
                  zero_init: bool = True, kernel_init=conv_init, spatial_ndim: int = 2,
                  dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         features = logit_features(features, positive_int("in_features", in_features))
-        self.conv = _conv(in_features, features, kernel_size, spatial_ndim,
+        self.in_features = in_features
+        self.spatial_ndim = positive_int("spatial_ndim", spatial_ndim)
+        self.conv = _conv(in_features, features, kernel_size, self.spatial_ndim,
                           zeros_init if zero_init else kernel_init, dtype, param_dtype, rngs)
         self.norm = InstanceNorm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x):
+        _check_input(self, x, self.in_features, self.spatial_ndim)
         return soft_gate(self.norm(self.conv(x)), GATE_COEFF)
 
 
@@ -57,10 +69,11 @@ class BottleneckTrunk(nnx.Module):
 
     def __init__(self, in_features: int, width: int = LOGIT_WIDTH, *, kernel_init=conv_init,
                  spatial_ndim: int = 2, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        args = dict(ndim=spatial_ndim, kernel_init=kernel_init, dtype=dtype,
+        self.in_features = positive_int("in_features", in_features)
+        self.spatial_ndim = positive_int("spatial_ndim", spatial_ndim)
+        args = dict(ndim=self.spatial_ndim, kernel_init=kernel_init, dtype=dtype,
                     param_dtype=param_dtype, rngs=rngs)
         norm = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        positive_int("in_features", in_features)
         width = positive_int("width", width)
         self.conv1 = _conv(in_features, width, 1, **args)
         self.norm1 = InstanceNorm(width, **norm)
@@ -68,6 +81,7 @@ class BottleneckTrunk(nnx.Module):
         self.norm2 = InstanceNorm(width, **norm)
 
     def __call__(self, x):
+        _check_input(self, x, self.in_features, self.spatial_ndim)
         x = nnx.relu(self.norm1(self.conv1(x)))
         return nnx.relu(self.norm2(self.conv2(x)))
 

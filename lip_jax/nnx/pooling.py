@@ -10,14 +10,14 @@ from lip_jax.ops import Padding, lip_pool
 from lip_jax.windows import logit_module, positive_int
 
 
-def _frozen(value):
+def frozen(value):
     """Lists as tuples, at any depth (NNX keeps these attributes static); anything else
     as it is, for `lip_pool` to check and name."""
-    return tuple(map(_frozen, value)) if isinstance(value, (list, tuple)) else value
+    return tuple(map(frozen, value)) if isinstance(value, (list, tuple)) else value
 
 
 def _geometry(window_shape, strides, padding):
-    return _frozen(window_shape), _frozen(strides), _frozen(padding)
+    return frozen(window_shape), frozen(strides), frozen(padding)
 
 
 class LIP(nnx.Module):

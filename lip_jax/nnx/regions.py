@@ -5,14 +5,16 @@ from collections.abc import Callable, Sequence
 
 from flax import nnx
 
+from lip_jax.nnx.pooling import frozen
 from lip_jax.regions import adaptive_lip_pool, global_lip_pool, roi_lip_pool
+from lip_jax.windows import logit_module
 
 
 class GlobalLIP(nnx.Module):
     """`global_lip_pool(x, logit(x))`: `(N, *spatial, C) -> (N, C)`."""
 
     def __init__(self, logit: Callable):
-        self.logit = logit
+        self.logit = logit_module(logit)
 
     def __call__(self, x):
         return global_lip_pool(x, self.logit(x))
@@ -22,8 +24,8 @@ class AdaptiveLIP(nnx.Module):
     """`adaptive_lip_pool(x, logit(x), output_size)`."""
 
     def __init__(self, logit: Callable, output_size: int | Sequence[int]):
-        self.logit = logit
-        self.output_size = output_size if isinstance(output_size, int) else tuple(output_size)
+        self.logit = logit_module(logit)
+        self.output_size = frozen(output_size)
 
     def __call__(self, x):
         return adaptive_lip_pool(x, self.logit(x), self.output_size)
@@ -34,8 +36,8 @@ class RoILIP(nnx.Module):
 
     def __init__(self, logit: Callable, output_size: int | Sequence[int] = (7, 7),
                  spatial_scale: float = 1.0, sampling_ratio: int = 2, aligned: bool = True):
-        self.logit = logit
-        self.output_size = output_size if isinstance(output_size, int) else tuple(output_size)
+        self.logit = logit_module(logit)
+        self.output_size = frozen(output_size)
         self.spatial_scale, self.sampling_ratio, self.aligned = (spatial_scale, sampling_ratio,
                                                                  aligned)
 

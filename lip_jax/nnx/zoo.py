@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from lip_jax import models
+from lip_jax.convert import finite_floats, flat_variables
 from lip_jax.blocks.densenet import DenseNetConfig
 from lip_jax.blocks.resnet import ResNetConfig
 from lip_jax.blocks.small_cnn import SmallCNNConfig
@@ -36,6 +37,8 @@ def create_model(name: str, num_classes: int = 1000, *, rngs: nnx.Rngs, dtype=jn
     Call `model(images)` with `(N, H, W, in_features)` images; `model.eval()` uses the
     running statistics, `model.train()` the batch's.
     """
+    if not isinstance(rngs, nnx.Rngs):
+        raise TypeError(f"rngs must be an nnx.Rngs, e.g. nnx.Rngs(0), got a {type(rngs).__name__}")
     config = models.create_model(name, num_classes, dtype=dtype, **kw)
     if in_features is None:
         in_features = models.model_spec(name).input_shape[-1]
@@ -54,12 +57,13 @@ def load_variables(model: nnx.Module, variables: Mapping) -> nnx.Module:
     """Sets `model`'s variables from Linen-layout `variables` (`{"params",
     "batch_stats"}`: nested mappings of arrays), cast to the model's dtypes, and returns
     the model. Every variable of the model must be given, with its shape, and nothing
-    else: otherwise a ValueError names the missing, unexpected and mis-shaped ones, and
-    nothing is set."""
+    else, as finite floats: otherwise a ValueError names the missing, unexpected and
+    mis-shaped ones (a `lip_jax.convert.CheckpointError` the first value that is not a
+    finite float array, e.g. an abstract `jax.ShapeDtypeStruct`), and nothing is set."""
     if not isinstance(variables, Mapping):
         raise TypeError('variables must be a mapping {"params": ..., "batch_stats": ...}, '
                         f"got a {type(variables).__name__}")
-    expected, given = _flat(linen_variables(model)), _flat(variables)
+    expected, given = flat_variables(linen_variables(model)), flat_variables(variables)
     problems = {
         "missing": [_show(p) for p in expected if p not in given],
         "unexpected": [_show(p) for p in given if p not in expected],
@@ -70,21 +74,14 @@ def load_variables(model: nnx.Module, variables: Mapping) -> nnx.Module:
         raise ValueError(f"variables do not fit the {type(model).__name__}: " + "; ".join(
             f"{len(found)} {what}: {', '.join(found[:5])}{', ...' if len(found) > 5 else ''}"
             for what, found in problems.items() if found))
+    values = {path: jnp.asarray(finite_floats(_show(path), given[path]), expected[path].dtype)
+              for path in expected}
     for collection, kind in COLLECTIONS.items():
         state = nnx.state(model, kind)
         nnx.replace_by_pure_dict(state, flax.traverse_util.unflatten_dict({
-            path[1:]: jnp.asarray(given[path], expected[path].dtype)
-            for path in expected if path[0] == collection}))
+            path[1:]: value for path, value in values.items() if path[0] == collection}))
         nnx.update(model, state)
     return model
-
-
-def _flat(tree: Mapping, prefix: tuple = ()) -> dict:
-    """`{(collection, *names): leaf}` of nested mappings."""
-    if not isinstance(tree, Mapping):
-        return {prefix: tree}
-    return {path: leaf for key, value in tree.items()
-            for path, leaf in _flat(value, (*prefix, str(key))).items()}
 
 
 def _show(path: tuple) -> str:
