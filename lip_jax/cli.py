@@ -247,8 +247,10 @@ def parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries(verbose: bool) -> None:
     logging.getLogger("jax").setLevel(logging.INFO if verbose else logging.WARNING)
-    for library in ("absl", "orbax"):  # orbax logs ~100 lines about a failed restore
-        logging.getLogger(library).setLevel(logging.INFO if verbose else logging.ERROR)
+    # orbax logs ~100 lines about a failed restore and a traceback per failed save (a full
+    # disk), at ERROR: the command's own error names what failed, in one line.
+    for library, quiet in (("absl", logging.ERROR), ("orbax", logging.CRITICAL)):
+        logging.getLogger(library).setLevel(logging.INFO if verbose else quiet)
     if verbose:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ notices

@@ -88,6 +88,8 @@ BAD_INPUTS = [
      2, "fails.py fails: ZeroDivisionError: division by zero"),
     ("a missing config file", ["train", "--workdir", "{run}", "--config", "{tmp}/nope.py"], 2,
      "config file {tmp}/nope.py not found"),
+    ("a directory as config file", ["train", "--workdir", "{run}", "--config", "{tmp}"], 2,
+     "config file {tmp} is a directory, not a file"),
     ("a missing data_dir", ["train", "--workdir", "{run}", "--config.data_dir={tmp}/nothing"], 2,
      "Fashion-MNIST not found"),
     ("a truncated data file", ["train", "--workdir", "{run}", "--config.data_dir={tmp}/cut",
@@ -267,7 +269,7 @@ def test_a_non_finite_loss_stops_with_one_line(tmp_path, capsys):
 
 
 def test_a_locked_work_directory_is_one_line(scratch, tmp_path, capsys):
-    with workdir.Claim(tmp_path / "run", create=True):  # another trainer holds it
+    with workdir.Claim(tmp_path / "run"):  # another trainer holds it
         line = user_error(capsys, "train", "--workdir", tmp_path / "run",
                           f"--config.data_dir={scratch['data']}", *TINY)
     assert "is in use by another trainer (pid " in line and "lock" in line

@@ -3,6 +3,7 @@ file; a run's config.json as a base; the field table behind `lip-jax train --hel
 dataset whose files disagree refused at load."""
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from lip_jax.data import fashion_mnist
 from lip_jax.train.optim import make_schedule
+from lip_jax.train.trainer import Trainer
 from lip_jax.train.config import (FIELDS, KINDS, default_config, describe_config,
                                   load_config, read_config, record)
 from train_helpers import make_fashion_mnist, write_idx
@@ -232,3 +234,16 @@ def test_step_schedule_decays_once_per_listed_epoch_like_multisteplr():
     config.decay_epochs = (1.0, 1.01)  # both on step 10
     schedule = make_schedule(config, steps_per_epoch=10, total_steps=100)
     np.testing.assert_allclose([schedule(9), schedule(10)], [0.1, 1e-3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("batch_size", 0, "config.batch_size = 0: must be > 0"),
+    ("learning_rate", float("nan"), "config.learning_rate = nan: must be > 0"),
+])
+def test_the_python_api_checks_the_config_as_the_command_line_does(field, value, message):
+    """train_and_evaluate(config, ...) on an unchecked config raised ZeroDivisionError, or
+    trained a step on a NaN learning rate (and left a work directory)."""
+    config = default_config()
+    config[field] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Trainer(config)

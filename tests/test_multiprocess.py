@@ -102,7 +102,7 @@ def test_processes_given_different_runs_all_stop_naming_each_difference(data_dir
 
 
 @pytest.mark.parametrize("second, messages", [
-    ("other", ["the processes disagree on the data: data.data: "] * 2),
+    ("other", ["the processes disagree on the data: data.fingerprint: "] * 2),
     ("none", ["error: process 1 of 2: Fashion-MNIST not found", "Fashion-MNIST not found"]),
 ], ids=["other data", "no data"])
 def test_what_each_process_reads_is_compared_and_a_failure_stops_all(data_dir, tmp_path, second,

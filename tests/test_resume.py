@@ -70,6 +70,37 @@ def test_an_allowed_change_is_recorded_and_cadence_changes_need_no_permission(da
         {"step": 2, "field": "learning_rate", "old": 0.4, "new": 0.2}]
 
 
+def test_a_resume_on_other_data_is_refused_unless_allowed_and_recorded(finished,
+                                                                     tmp_path):
+    """Another data_dir (more examples, other ones) resumed silently and changed the run's
+    length mid-schedule: config.json records the data read."""
+    run, _ = finished
+    other = make_fashion_mnist(tmp_path / "other", num_train=320, seed=1)
+    recorded = _record(run)["data"]
+    assert recorded["num_train"] == 256 and recorded["num_eval"] == 103
+    with pytest.raises(ValueError, match=r"fields that change what it computes: data: "
+                                         r'\{"num_train": 256, .* -> \{"num_train": 320, '):
+        loop.train_and_evaluate(tiny_config(other, max_steps=2), run)
+    loop.train_and_evaluate(tiny_config(other, max_steps=2), run, allow_config_change=True)
+    record = _record(run)
+    assert record["data"]["num_train"] == 320
+    assert [c["field"] for c in record["changes"]] == ["data_dir", "data"]
+
+
+def test_a_failed_claim_removes_only_what_it_made(tmp_path):
+    """A failing trainer removed a directory another trainer had made (and finished a run
+    in) since it first looked, and left the parents it made."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "other").mkdir()
+    for where, kept in ((tmp_path / "runs" / "new" / "a" / "run", ["other"]),
+                        (tmp_path / "runs" / "other", ["other"])):
+        with pytest.raises(RuntimeError):
+            with workdir.Claim(where):
+                raise RuntimeError("fails before the run starts")
+        assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == kept
+    assert sorted(p.name for p in (tmp_path / "runs" / "other").iterdir()) == ["lock"]
+
+
 def test_launch_settings_are_not_part_of_the_record():
     assert [k for k in RECORDED if KIND[k] == "launch"] == []
     assert {"distributed", "process_id", "initialization_timeout"} <= {
@@ -107,7 +138,7 @@ def test_hosts_that_do_not_see_process_0s_token_are_named(tmp_path, monkeypatch)
     monkeypatch.setattr(cluster, "exchange", exchange)
     with pytest.raises(ValueError, match=r"process 1 do not see .*lock that process 0 wrote: "
                                          "every process must use the same work directory"):
-        with workdir.Claim(tmp_path / "run", create=True):
+        with workdir.Claim(tmp_path / "run"):
             pass
     assert sent == ["the work directory lock", "the work directory"]
     assert not (tmp_path / "run").exists()  # created for the run, removed

@@ -4,7 +4,9 @@ import json
 import logging
 import re
 import signal
+import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -109,15 +111,16 @@ def test_truncated_checkpoints_are_set_aside_retrained_and_saved_again(data_dir,
 
     for step in ("1", "2"):
         _truncate_files(tmp_path / "checkpoints" / step)
-    with pytest.raises(ValueError, match=r"no checkpoint in .* restores: step 2: .*damaged.*; "
-                                         r"step 1: "):
-        loop.train_and_evaluate(config, tmp_path)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "1.corrupt-1", "2.corrupt-1", "2.corrupt-2"]  # damaged bytes: all set aside
+    for _ in range(2):  # a rerun fails alike: it does not start afresh beside them
+        with pytest.raises(ValueError, match=r"no checkpoint in .* restores: step 2: "
+                                             r".*damaged.*; step 1: .*nothing was set aside"):
+            loop.train_and_evaluate(config, tmp_path)
+        assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+            "1", "2", "2.corrupt-1"]
 
 
 def test_a_second_trainer_on_a_workdir_refuses(data_dir, tmp_path):
-    with workdir.Claim(tmp_path, create=False):  # the first trainer
+    with workdir.Claim(tmp_path):  # the first trainer
         with pytest.raises(BlockingIOError, match=r"is in use by another trainer \(pid \d+ on "):
             loop.train_and_evaluate(tiny_config(data_dir), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lock"]  # nothing overwritten
@@ -299,3 +302,46 @@ def test_init_from_converted_weights(data_dir, tmp_path):
                         model_kwargs={"widths": (4, 16), "convs_per_stage": (1, 1)})
     with pytest.raises(ValueError, match="do not fit the model"):
         loop.Trainer(wrong).init_state()
+
+
+def test_profile_steps_beyond_the_run_are_named(data_dir):
+    """They traced nothing, silently."""
+    with pytest.raises(ValueError, match=r"config.profile_steps = \(9, 9\): beyond the "
+                                         r"run's 2 steps"):
+        loop.Trainer(tiny_config(data_dir, max_steps=2, profile_steps=(9, 9)))
+
+
+WORKER = """
+import os, signal, subprocess, sys, time
+if sys.argv[1] == "trainer":  # starts a worker, waits until it is set up, then dies
+    worker = subprocess.Popen([sys.executable, __file__, "worker"], stdout=subprocess.PIPE)
+    print(worker.pid, worker.stdout.readline().decode().strip(), flush=True)
+else:
+    from lip_jax.data.pipeline import _worker_init
+    _worker_init(0, 1)
+    print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_input_workers_leave_ctrl_c_to_the_trainer_and_exit_with_it(tmp_path):
+    """grain workers killed by a terminal's Ctrl-C left the trainer waiting; after a
+    `kill -9` of the trainer they lived on, holding its output pipes open."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = subprocess.run([sys.executable, script, "trainer"], capture_output=True, text=True,
+                         timeout=120).stdout.split()
+    pid, ignores_ctrl_c = int(out[0]), out[1]
+    assert ignores_ctrl_c == "True"
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    return stat.split(")")[-1].split()[0] != "Z"  # a zombie has exited

@@ -12,6 +12,10 @@ with its threads); the batches are the same either way.
 import collections
 import dataclasses
 import hashlib
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -61,8 +65,26 @@ def _iterate(batches: grain.MapDataset, num_threads: int, num_workers: int) -> I
         from absl import flags
         if not flags.FLAGS.is_parsed():  # grain reads its absl flags (defaults outside absl.app)
             flags.FLAGS.mark_as_parsed()
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                                      worker_init_fn=_worker_init)
     return iter(dataset)
+
+
+def _worker_init(index: int, count: int) -> None:
+    """Runs first in each input worker process. Ctrl-C reaches the whole process group:
+    from here on the worker leaves it to the trainer, which saves and then stops its
+    workers (with a traceback from each of them before). And the worker exits once the
+    trainer is gone (after a `kill -9` it waited forever, holding the trainer's output
+    pipes open)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    trainer = os.getppid()
+
+    def exit_with_the_trainer():
+        while os.getppid() == trainer:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_the_trainer, daemon=True).start()
 
 
 def train_batches(source: Sequence, transform: Callable, global_batch: int, *, seed: int,

@@ -149,9 +149,10 @@ class Checkpoints:
     def newest(self, read) -> tuple[int | None, object]:
         """`(step, read(path of its item))` for the newest checkpoint that matches its
         checksums and that `read` reads on every process; `(None, None)` if there is no
-        checkpoint. Damaged ones are set aside when writable. Raises ValueError listing
-        every failure if none reads."""
-        failures, unreadable = {}, []
+        checkpoint. The newer ones, damaged, are then set aside when writable. Raises
+        ValueError listing every failure if none reads, setting nothing aside (so that a
+        rerun does not start afresh beside them)."""
+        failures, passed_over = {}, []
         for _ in range(RETRIES):
             steps = self.steps()
             vanished = False
@@ -162,7 +163,7 @@ class Checkpoints:
                     log.warning("checkpoint at step %d is damaged (%s): trying an older one",
                                 step, problem)
                     failures[step] = problem
-                    self._set_aside([step], "corrupt", problem)
+                    passed_over.append(step)
                     continue
                 try:
                     value, error = read(path / ITEM), None
@@ -170,20 +171,22 @@ class Checkpoints:
                     value, error = None, " ".join(str(e).split())[:300] or type(e).__name__
                 errors = [e for e in cluster.exchange(f"reading step {step}", error) if e]
                 if not errors:
-                    self._set_aside(unreadable, "corrupt", "does not restore")
+                    for bad in passed_over:
+                        self._set_aside([bad], "corrupt", failures[bad])
                     return step, value
                 if not _on_process_0(f"step {step} exists", lambda: path.exists()):
                     vanished = True  # removed by the trainer that keeps few: list again
                     break
                 log.warning("checkpoint at step %d does not restore (%s): trying an older one",
                             step, errors[0])
-                failures[step] = errors[0]
-                unreadable.append(step)
+                failures[step] = f"does not restore: {errors[0]}"
+                passed_over.append(step)
             if not vanished:
                 break
         if failures:
             raise ValueError(f"no checkpoint in {self.directory} restores: " + "; ".join(
-                f"step {s}: {e}" for s, e in sorted(failures.items(), reverse=True)))
+                f"step {s}: {e}" for s, e in sorted(failures.items(), reverse=True))
+                + " (nothing was set aside: move them elsewhere to start this run afresh)")
         return None, None
 
     def read_variables(self) -> dict:

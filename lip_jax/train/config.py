@@ -68,6 +68,7 @@ DEFAULTS = {name: default for name, default, _, _ in FIELDS}
 KIND = {name: kind for name, _, kind, _ in FIELDS}
 RECORDED = tuple(name for name in DEFAULTS if KIND[name] != "launch")
 CHANGES = "changes"  # config.json's list of accepted changes: {step, field, old, new}
+DATA = "data"  # config.json's record of the data read: {num_train, num_eval, fingerprint}
 FLAGS = {"workdir": "--workdir DIR", "config": "--config FILE", "verbose": "--verbose",
          "allow_config_change": "--allow-config-change"}  # command-line flags, not fields
 HELP = "`lip-jax train --help` lists the fields"
@@ -131,7 +132,7 @@ def read_record(path) -> dict:
     if not isinstance(record, dict):
         raise ValueError(f"{path} holds a JSON {type(record).__name__}, not a config.json "
                          "object of fields")
-    unknown = [k for k in record if k not in DEFAULTS and k != CHANGES]
+    unknown = [k for k in record if k not in DEFAULTS and k not in (CHANGES, DATA)]
     if unknown:
         raise ValueError(f"unknown config field {unknown[0]!r} in {path}"
                          f"{_did_you_mean(unknown[0], DEFAULTS)}; {HELP}")
@@ -140,10 +141,12 @@ def read_record(path) -> dict:
     return record
 
 
-def record(config, changes=()) -> str:
-    """`config.json` text: the recorded fields of `config` and the list of `changes`."""
+def record(config, changes=(), data: dict | None = None) -> str:
+    """`config.json` text: the recorded fields of `config`, the list of `changes` and, if
+    given, the `data` read."""
     values = as_json(config)
-    return json.dumps({**{k: values[k] for k in RECORDED}, CHANGES: list(changes)}, indent=1)
+    return json.dumps({**{k: values[k] for k in RECORDED}, CHANGES: list(changes),
+                       **({DATA: data} if data is not None else {})}, indent=1)
 
 
 def as_json(config) -> dict:
@@ -153,6 +156,8 @@ def as_json(config) -> dict:
 
 def _existing(path, what: str) -> epath.Path:
     """`path` (local, or a cloud URL such as a gs:// run's config.json) if it is a file."""
+    if epath.Path(path).is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file")
     if not epath.Path(path).is_file():
         raise FileNotFoundError(f"{what} {path} not found")
     return epath.Path(path)

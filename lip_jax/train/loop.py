@@ -96,22 +96,22 @@ def train_and_evaluate(config, workdir, allow_config_change: bool = False) -> di
     end; stop from the signal sync point; a non-finite loss is a replicated value."""
     began = time.monotonic()
     workdir = epath.Path(workdir)  # local, or a cloud URL such as gs://bucket/run
-    existed = _agree_on_run(config, workdir, "train")
+    _agree_on_run(config, workdir, "train")
     trainer = Trainer(config)  # builds the model, reads the data
     _agree_on_data(trainer)
-    if existed:
-        check_matches(config, workdir)
-    with Claim(workdir, create=not existed) as claim:
+    with Claim(workdir) as claim:
+        check_matches(config, workdir)  # the directory as it is now, locked
         checkpoints = Checkpoints(workdir / "checkpoints", config.keep_checkpoints,
                                   every_secs=config.checkpoint_every_secs)
         try:
             state = checkpoints.restore_latest(trainer.abstract_state())
             start = 0 if state is None else int(jax.device_get(state.step))
-            changes = check_record(config, workdir, start, allow_config_change)
+            changes = check_record(config, workdir, start, allow_config_change,
+                                   trainer.data_record())
             cluster.agree("the run's record", {"changes": changes})
             if state is None:
                 state = trainer.init_state()  # init_from: may fail, like all above
-            write_record(config, workdir, changes)
+            write_record(config, workdir, changes, trainer.data_record())
             if start >= trainer.total_steps:
                 log.info("the run in %s is finished (step %d)", workdir, start)
                 return dict(last_evaluation(workdir), step=start,

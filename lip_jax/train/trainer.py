@@ -19,18 +19,20 @@ from lip_jax.data.pipeline import check_labels
 from lip_jax.models import create_model
 from lip_jax.train import steps
 from lip_jax.train.checkpoint import Checkpoints
-from lip_jax.train.config import DEFAULTS, INT_LIMIT, read_record
+from lip_jax.train.config import DEFAULTS, INT_LIMIT, check_config, read_record
 from lip_jax.train.optim import make_optimizer, make_schedule
 
 log = logging.getLogger("lip_jax")
 
 
 class Trainer:
-    """Model, data, optimizer, shardings and jitted steps for one config. `training=False`
-    (evaluation) skips the checks that only training needs, such as a batch size that the
-    device count divides."""
+    """Model, data, optimizer, shardings and jitted steps for one config, checked first
+    (`check_config`, as the command line checks it). `training=False` (evaluation) skips
+    the checks that only training needs, such as a batch size that the device count
+    divides."""
 
     def __init__(self, config, devices=None, training: bool = True):
+        check_config(config)
         self.config = config
         self.info = data.info(config.dataset)
         devices = jax.devices() if devices is None else devices
@@ -107,12 +109,20 @@ class Trainer:
         if warmup >= self.total_steps:
             raise ValueError(f"config.warmup_epochs = {c.warmup_epochs}: {warmup} warmup steps, "
                              f"not fewer than the run's {self.total_steps} steps")
+        if c.profile_steps and c.profile_steps[-1] > self.total_steps:
+            raise ValueError(f"config.profile_steps = {tuple(c.profile_steps)}: beyond the "
+                             f"run's {self.total_steps} steps (nothing would be traced)")
+
+    def data_record(self) -> dict:
+        """What config.json records of the data read: a resume on other data (another
+        `data_dir` holding more examples or other ones) changes what the run computes."""
+        return dict(num_train=self.input.num_train, num_eval=self.input.num_eval,
+                    fingerprint=self.input.fingerprint)
 
     def facts(self) -> dict:
         """What this process read and derived from it: every process of a run must hold
         the same (the loop's length comes from these)."""
-        return dict(num_train=self.input.num_train, num_eval=self.input.num_eval,
-                    data=self.input.fingerprint, steps_per_epoch=self.steps_per_epoch,
+        return dict(self.data_record(), steps_per_epoch=self.steps_per_epoch,
                     total_steps=self.total_steps, devices=jax.device_count())
 
     def _fresh_state(self) -> steps.TrainState:

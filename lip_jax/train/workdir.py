@@ -12,7 +12,8 @@ import jax
 from etils import epath
 
 from lip_jax.train import cluster
-from lip_jax.train.config import CHANGES, DEFAULTS, KIND, RECORDED, as_json, read_record, record
+from lip_jax.train.config import (CHANGES, DATA, DEFAULTS, KIND, RECORDED, as_json,
+                                  read_record, record)
 
 log = logging.getLogger("lip_jax")
 
@@ -38,18 +39,22 @@ def _default(name):
     return json.loads(json.dumps(DEFAULTS[name]))
 
 
-def check_record(config, workdir, step: int, allow_change: bool) -> list[dict]:
+def check_record(config, workdir, step: int, allow_change: bool, data: dict) -> list[dict]:
     """The changes list for `workdir/config.json`: its recorded changes, plus one entry
-    `{step, field, old, new}` per recorded field that `config` changes. A change of a field
-    of kind "math" (it changes what the run computes) raises ValueError naming each as
-    `field: old -> new`, unless `allow_change`. No config.json: no changes."""
+    `{step, field, old, new}` per recorded field that `config` changes, and one for the
+    `data` read (its size and fingerprint: `Trainer.data_record()`) if it differs from the
+    recorded. A change of a field of kind "math", or of the data, changes what the run
+    computes: it raises ValueError naming each as `field: old -> new`, unless
+    `allow_change`. No config.json: no changes."""
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         return []
     written, ours = read_record(path), as_json(config)
     new = [dict(step=step, field=k, old=written.get(k, _default(k)), new=ours[k])
            for k in RECORDED if written.get(k, _default(k)) != ours[k]]
-    refused = [c for c in new if KIND[c["field"]] == "math"]
+    if written.get(DATA, data) != data:  # recorded since lip_jax records the data
+        new.append(dict(step=step, field=DATA, old=written[DATA], new=data))
+    refused = [c for c in new if c["field"] == DATA or KIND[c["field"]] == "math"]
     if refused and not allow_change:
         raise ValueError(
             f"{path} records this run with other values of fields that change what it "
@@ -63,24 +68,27 @@ def check_record(config, workdir, step: int, allow_change: bool) -> list[dict]:
     return written.get(CHANGES, []) + new
 
 
-def write_record(config, workdir, changes: list[dict]) -> None:
+def write_record(config, workdir, changes: list[dict], data: dict) -> None:
     """Writes `workdir/config.json` whole (process 0)."""
     if jax.process_index() == 0:
         partial = epath.Path(workdir) / "config.json.tmp"
-        partial.write_text(record(config, changes))
+        partial.write_text(record(config, changes, data))
         partial.replace(epath.Path(workdir) / "config.json")
 
 
 class Claim:
-    """`workdir` held by this trainer (the `with` block): created if `create` (process 0),
+    """`workdir` held by this trainer (the `with` block): created if missing (process 0),
     locked (`workdir/lock`, process 0's `flock`; the OS drops it when the holder dies; cloud
     URLs are not locked), and checked to be one directory for every process: process 0
     writes a token into the lock file that each process must read back (hosts that each
     use a local disk would otherwise train apart). If the block fails before `started()`,
-    a directory it created is removed: a failed command leaves no new directory."""
+    what it created is removed (the directory, and parents it made if they are empty): a
+    failed command leaves no new directory. One that existed when it was claimed (another
+    trainer's, even one made since this trainer checked) is never removed."""
 
-    def __init__(self, workdir, create: bool):
-        self.workdir, self.create = epath.Path(workdir), create
+    def __init__(self, workdir):
+        self.workdir = epath.Path(workdir)
+        self.created: list[epath.Path] = []  # by process 0, deepest first
         self.handle, self.begun = None, False
 
     def __enter__(self):
@@ -99,15 +107,40 @@ class Claim:
     def __exit__(self, error_type, error, traceback):
         if self.handle is not None:
             self.handle.close()
-        if not self.begun and self.create and jax.process_index() == 0:
-            if self.workdir.exists():
-                self.workdir.rmtree()
+        if self.begun or not self.created:
+            return
+        self.created[0].rmtree()
+        for parent in self.created[1:]:  # made for it: removed only while empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+    def _create(self) -> None:
+        """Makes the work directory (process 0), noting what this made: a local directory
+        is made atomically, so that of two trainers only one counts as its maker."""
+        cloud = "://" in str(self.workdir)
+        missing = []
+        for path in [self.workdir] if cloud else [self.workdir, *self.workdir.parents]:
+            if path.exists():
+                break
+            missing.append(path)
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=cloud)
+            self.created = missing
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise OSError(f"cannot create work directory {self.workdir}: "
+                          f"{error.strerror or error}") from None
+        if not cloud and not self.workdir.is_dir():
+            raise NotADirectoryError(f"work directory {self.workdir} exists but is not a "
+                                     "directory (a file, or a link to nothing)")
 
     def _lock(self) -> None:
         holder, token = "", uuid.uuid4().hex
         if jax.process_index() == 0:
-            if self.create:
-                self.workdir.mkdir(parents=True, exist_ok=True)
+            self._create()
             path = self.workdir / "lock"
             if "://" in str(self.workdir):
                 path.write_text(f"token {token}\n")
@@ -127,7 +160,7 @@ class Claim:
                     self.handle.flush()
         holder, self.token = cluster.exchange("the work directory lock", [holder, token])[0]
         if holder:
-            self.create = False  # not ours to remove
+            self.created = []  # not ours to remove
             raise BlockingIOError(f"{self.workdir} is in use by another trainer ({holder}, "
                                   f"lock {self.workdir / 'lock'}): wait for it to end or use "
                                   "another --workdir")
