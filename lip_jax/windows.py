@@ -10,6 +10,7 @@ and logit modules (of the poolings, layers and models), naming the argument at f
 from __future__ import annotations
 
 from collections.abc import Sequence
+import math
 import numbers
 import operator
 from typing import NamedTuple
@@ -48,6 +49,29 @@ def positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def positive_floats(name: str, values) -> tuple[float, ...]:
+    """`values`, one or more finite positive numbers, as floats; a TypeError (not a
+    sequence of numbers) or ValueError naming `name` otherwise."""
+    try:
+        out = tuple(values)
+        numbers_only = all(isinstance(v, numbers.Real) for v in out)
+    except TypeError:  # a scalar
+        numbers_only = False
+    if isinstance(values, str) or not numbers_only:
+        raise TypeError(f"{name} must be a sequence of numbers, got {values!r}")
+    if not out or not all(math.isfinite(v) and v > 0 for v in out):
+        raise ValueError(f"{name} must be one or more finite positive numbers, got {values!r}")
+    return tuple(float(v) for v in out)
+
+
+def unit_interval(name: str, value):
+    """`value`; a ValueError naming `name` unless it is a number in [0, 1] (NaN is not).
+    An array is not checked (a traced value cannot be)."""
+    if isinstance(value, numbers.Real) and not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return value
 
 
 def flag(name: str, value) -> bool:

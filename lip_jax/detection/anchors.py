@@ -1,27 +1,10 @@
 """Anchor boxes of a feature pyramid, as constants of the static image and map sizes."""
 
 from collections.abc import Sequence
-import math
-import numbers
 
 import numpy as np
 
-from lip_jax.windows import positive_int
-
-
-def positive_floats(name: str, values) -> tuple[float, ...]:
-    """`values`, one or more finite positive numbers, as floats; a TypeError (not a
-    sequence of numbers) or ValueError naming `name` otherwise."""
-    try:
-        out = tuple(values)
-        numbers_only = all(isinstance(v, numbers.Real) for v in out)
-    except TypeError:  # a scalar
-        numbers_only = False
-    if isinstance(values, str) or not numbers_only:
-        raise TypeError(f"{name} must be a sequence of numbers, got {values!r}")
-    if not out or not all(math.isfinite(v) and v > 0 for v in out):
-        raise ValueError(f"{name} must be one or more finite positive numbers, got {values!r}")
-    return tuple(float(v) for v in out)
+from lip_jax.windows import positive_floats, positive_int
 
 
 def level_anchors(height: int, width: int, stride: int, sizes: Sequence[float],

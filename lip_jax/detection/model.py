@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from lip_jax.detection import roi_head, rpn
-from lip_jax.detection.anchors import positive_floats, pyramid_anchors
+from lip_jax.detection.anchors import pyramid_anchors
 from lip_jax.detection.fpn import FPN
-from lip_jax.detection.nms import unit_interval
 from lip_jax.linen.logits import ProjectionLogit
-from lip_jax.windows import positive_int, positive_ints
+from lip_jax.windows import (positive_floats, positive_int, positive_ints,
+                             unit_interval)
 
 ROI_POOLS = ("align", "lip")
 

@@ -5,21 +5,11 @@ A box is kept when no kept box of higher score overlaps it by more than the IoU 
 scores are not candidates either); `+inf` is a candidate that ranks first.
 """
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 
 from lip_jax.detection.boxes import check_boxes, pairwise_iou
-from lip_jax.windows import positive_int
-
-
-def unit_interval(name: str, value):
-    """`value`; a ValueError naming `name` unless it is a number in [0, 1] (NaN is not).
-    An array is not checked (a traced value cannot be)."""
-    if isinstance(value, numbers.Real) and not 0 <= value <= 1:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return value
+from lip_jax.windows import positive_int, unit_interval
 
 
 def _per_box(name: str, values, boxes):
