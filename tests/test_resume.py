@@ -87,6 +87,19 @@ def test_a_resume_on_other_data_is_refused_unless_allowed_and_recorded(finished,
     assert [c["field"] for c in record["changes"]] == ["data_dir", "data"]
 
 
+def test_a_resume_without_the_runs_record_is_refused_unless_allowed(data_dir, finished):
+    """With config.json deleted, a resume that changed the learning rate went on silently
+    (and was recorded as the run's own)."""
+    run, _ = finished
+    (run / "config.json").unlink()
+    config = tiny_config(data_dir, max_steps=3, learning_rate=0.1)
+    with pytest.raises(ValueError, match=r"holds checkpoints \(step 2\) but not config.json"):
+        loop.train_and_evaluate(config, run)
+    assert not (run / "config.json").exists()
+    assert loop.train_and_evaluate(config, run, allow_config_change=True)["step"] == 3
+    assert _record(run)["learning_rate"] == 0.1
+
+
 def test_a_failed_claim_removes_only_what_it_made(tmp_path):
     """A failing trainer removed a directory another trainer had made (and finished a run
     in) since it first looked, and left the parents it made."""

@@ -45,9 +45,15 @@ def check_record(config, workdir, step: int, allow_change: bool, data: dict) -> 
     `data` read (its size and fingerprint: `Trainer.data_record()`) if it differs from the
     recorded. A change of a field of kind "math", or of the data, changes what the run
     computes: it raises ValueError naming each as `field: old -> new`, unless
-    `allow_change`. No config.json: no changes."""
+    `allow_change`. No config.json: no changes, but a resume (`step` > 0) without one
+    cannot be checked and is refused unless `allow_change`."""
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
+        if step and not allow_change:
+            raise ValueError(f"{workdir} holds checkpoints (step {step}) but not config.json, "
+                             "the run's record: nothing shows that this config continues "
+                             "the run; pass --allow-config-change to resume with it (then "
+                             "recorded), or use another --workdir")
         return []
     written, ours = read_record(path), as_json(config)
     new = [dict(step=step, field=k, old=written.get(k, _default(k)), new=ours[k])
